@@ -1,0 +1,91 @@
+"""Inference over a list of videos, post-processing to detections, and mAP.
+
+The evaluator owns the test-time loop so that methods only implement ``predict``; the
+post-processor is whatever the config composes (``cas_to_proposals`` for WTAL/unsupervised
+methods, ``segment_nms`` for detectors regressing segments).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from taltoolkit.engine.method import Method
+from taltoolkit.evaluation import detection_map
+from taltoolkit.structures import Detections, Video
+
+log = logging.getLogger("taltoolkit")
+
+
+class Evaluator:
+    def __init__(
+        self,
+        videos: list[Video],
+        classes: list[str],
+        ground_truth: dict[str, Any],
+        subset: str,
+        tiou_thresholds: Sequence[float],
+        postprocess: Callable[..., Detections],
+        make_dataset: Callable[[list[Video]], tuple[torch.utils.data.Dataset, Callable]],
+        device: torch.device,
+        averages: dict[str, Sequence[float]] | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.videos = videos
+        self.classes = classes
+        self.ground_truth = ground_truth
+        self.subset = subset
+        self.tiou_thresholds = list(tiou_thresholds)
+        self.postprocess = postprocess
+        self.make_dataset = make_dataset
+        self.device = device
+        self.averages = averages or {}
+        self.progress = progress
+
+    @torch.no_grad()
+    def predict(self, method: Method, videos: list[Video]) -> list[dict[str, Any]]:
+        """Run ``method.predict`` over ``videos`` one at a time, in order; outputs on CPU."""
+        was_training = method.training
+        method.eval()
+        dataset, collate = self.make_dataset(videos)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate)
+        outputs: list[dict[str, Any]] = []
+        it = loader
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            it = tqdm(loader, desc="predict", unit="video", leave=False, dynamic_ncols=True)
+        for batch in it:
+            batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            for out in method.predict(batch):
+                outputs.append({k: _to_numpy(v) for k, v in out.items()})
+        method.train(was_training)
+        return outputs
+
+    def detections(self, method: Method) -> tuple[dict[str, Detections], list[dict[str, Any]]]:
+        outputs = self.predict(method, self.videos)
+        dets: dict[str, Detections] = {}
+        for video, out in zip(self.videos, outputs):
+            dets[video.name] = self.postprocess(
+                **{k: v for k, v in out.items() if not k.startswith("_")},
+                step_s=video.step_s,
+                offset_s=video.offset_s,
+            )
+        return dets, outputs
+
+    def evaluate(self, method: Method) -> tuple[dict[str, Any], dict[str, Detections], list[dict[str, Any]]]:
+        dets, outputs = self.detections(method)
+        result = detection_map(self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset)
+        metrics = result.to_dict(percent=True)
+        for name, (lo, hi) in self.averages.items():
+            sel = [m for t, m in zip(self.tiou_thresholds, metrics["mAP"]) if lo - 1e-9 <= t <= hi + 1e-9]
+            metrics.setdefault("averages", {})[name] = float(np.mean(sel)) if sel else float("nan")
+        return metrics, dets, outputs
+
+
+def _to_numpy(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.detach().float().cpu().numpy() if v.is_floating_point() else v.detach().cpu().numpy()
+    return v

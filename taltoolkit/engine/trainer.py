@@ -1,0 +1,404 @@
+"""The one training loop every method runs in.
+
+Responsibilities: device, optional process group, data loaders, optimizer and scheduler
+per stage, AMP, gradient clipping, periodic evaluation, atomic checkpoints with RNG state
+so that ``trainer.resume`` continues bit-identically on CPU, and explicit model selection.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from taltoolkit.engine import distributed as dist_utils
+from taltoolkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from taltoolkit.engine.method import Method, Stage, StageContext
+from taltoolkit.structures import Video
+
+log = logging.getLogger("taltoolkit")
+
+MODEL_SELECTIONS = ("last", "held_out", "test")
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """Seeded per-epoch shuffle cut into global batches; each rank takes its slice.
+
+    Every rank draws the same permutation, so with W ranks the union of the ranks' batches
+    is exactly the batch a single process would see with the same global batch size.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last, self.seed = n, batch_size, shuffle, drop_last, seed
+        self.epoch = 0
+        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
+        if batch_size % self.world:
+            raise ValueError(f"trainer.batch_size={batch_size} must be divisible by the {self.world} processes")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[list[int]]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size and len(batches) > 1:
+            batches.pop()
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for b in self._global_batches():
+            per = math.ceil(len(b) / self.world)
+            part = b[self.rank * per : (self.rank + 1) * per]
+            if part:
+                yield part
+
+    def __len__(self) -> int:
+        return len(self._global_batches())
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # periodic evaluations
+    selected: dict[str, Any] = field(default_factory=dict)  # which weights the final evaluation used
+    stage_metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs a :class:`Method`'s stages. Constructor keys are the ``trainer`` config keys."""
+
+    def __init__(
+        self,
+        max_epochs: int = 10,
+        batch_size: int = 16,
+        optimizer: str = "adam",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        momentum: float = 0.9,
+        scheduler: str = "none",
+        milestones: Sequence[int] = (),
+        lr_gamma: float = 0.1,
+        warmup_epochs: int = 0,
+        grad_clip: float = 0.0,
+        eval_every: int = 0,
+        device: str = "auto",
+        amp: bool = False,
+        amp_dtype: str = "bfloat16",
+        features_on_device: bool = False,
+        num_workers: int = 0,
+        model_selection: str = "last",
+        held_out_fraction: float = 0.1,
+        checkpoint_every: int = 1,
+        resume: str | None = None,
+        stop_after_epochs: int | None = None,
+        progress: bool = True,
+        drop_last: bool = True,
+    ) -> None:
+        if model_selection not in MODEL_SELECTIONS:
+            raise ValueError(f"trainer.model_selection={model_selection!r}; choose one of {MODEL_SELECTIONS}")
+        if optimizer not in ("adam", "adamw", "sgd"):
+            raise ValueError(f"trainer.optimizer={optimizer!r}; choose adam, adamw or sgd")
+        if scheduler not in ("none", "step", "cosine"):
+            raise ValueError(f"trainer.scheduler={scheduler!r}; choose none, step or cosine")
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.optimizer_name = optimizer
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.betas = tuple(betas)
+        self.momentum = momentum
+        self.scheduler_name = scheduler
+        self.milestones = list(milestones)
+        self.lr_gamma = lr_gamma
+        self.warmup_epochs = warmup_epochs
+        self.grad_clip = grad_clip
+        self.eval_every = eval_every
+        self.device = dist_utils.resolve_device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp_dtype]
+        self.features_on_device = features_on_device
+        self.num_workers = num_workers
+        self.model_selection = model_selection
+        self.held_out_fraction = held_out_fraction
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.stop_after_epochs = stop_after_epochs
+        self.progress = progress
+        self.drop_last = drop_last
+        self.distributed = dist_utils.init_distributed(self.device)
+
+    # ------------------------------------------------------------------ optimisation
+    def build_optimizer(self, params: list[nn.Parameter], stage: Stage) -> torch.optim.Optimizer:
+        lr = stage.options.get("lr", self.lr)
+        wd = stage.options.get("weight_decay", self.weight_decay)
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=lr, betas=self.betas, weight_decay=wd)
+        if self.optimizer_name == "adamw":
+            return torch.optim.AdamW(params, lr=lr, betas=self.betas, weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=wd)
+
+    def build_scheduler(self, opt: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):  # noqa: ANN201
+        """Per-step schedule so that warm-up and cosine decay are smooth within an epoch."""
+        warm = self.warmup_epochs * steps_per_epoch
+        total = max(1, epochs * steps_per_epoch)
+        milestones = [m * steps_per_epoch for m in self.milestones]
+
+        def factor(step: int) -> float:
+            f = 1.0
+            if self.scheduler_name == "step":
+                f = self.lr_gamma ** sum(step >= m for m in milestones)
+            elif self.scheduler_name == "cosine":
+                progress = min(1.0, max(0.0, (step - warm) / max(1, total - warm)))
+                f = 0.5 * (1 + math.cos(math.pi * progress))
+            if warm and step < warm:
+                f *= (step + 1) / warm
+            return f
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    # ------------------------------------------------------------------ data
+    def make_loader(
+        self, dataset: torch.utils.data.Dataset, collate: Callable, *, train: bool, seed: int
+    ) -> DataLoader:
+        n = len(dataset)  # type: ignore[arg-type]
+        if train:
+            sampler = GlobalBatchSampler(n, self.batch_size, shuffle=True, drop_last=self.drop_last, seed=seed)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
+        return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                out[k] = v.to(self.device, non_blocking=True)
+            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+                out[k] = [t.to(self.device, non_blocking=True) for t in v]
+            else:
+                out[k] = v
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        method: Method,
+        train_videos: list[Video],
+        make_train_dataset: Callable[[list[Video], int], tuple[torch.utils.data.Dataset, Callable]],
+        predict_videos: Callable[[Method, list[Video]], list[dict[str, Any]]],
+        evaluate: Callable[[Method], dict[str, Any]] | None,
+        out_dir: Path,
+        seed: int = 0,
+        select_evaluate: Callable[[Method], dict[str, Any]] | None = None,
+    ) -> FitResult:
+        """Train ``method`` through its stages.
+
+        ``make_train_dataset(videos, seed)`` returns a dataset and its collate;
+        ``predict_videos(method, videos)`` runs inference (for stage hooks);
+        ``evaluate(method)`` returns a metrics dict with ``average_mAP`` (periodic evaluation
+        on the test set, reported but never used for selection unless
+        ``model_selection=test``); ``select_evaluate`` evaluates on the held-out split.
+        """
+        method.to(self.device)
+        out_dir = Path(out_dir)
+        ckpt_path = out_dir / "checkpoints" / "last.ckpt"
+        result = FitResult()
+        start_stage, start_epoch, resume_state = 0, 0, None
+        if self.resume:
+            resume_state = load_checkpoint(self.resume, map_location=self.device)
+            method.load_state_dict(resume_state["method"])
+            method.load_extra_state(resume_state.get("method_extra", {}))
+            start_stage, start_epoch = resume_state["stage_index"], resume_state["epoch"]
+            result.history = resume_state.get("history", [])
+            result.evaluations = resume_state.get("evaluations", [])
+            result.stage_metrics = resume_state.get("stage_metrics", [])
+            set_rng_state(resume_state["rng"])
+            log.info("resumed from %s at stage %d epoch %d", self.resume, start_stage, start_epoch)
+
+        videos = {"current": train_videos}
+
+        def set_train_videos(v: list[Video]) -> None:
+            videos["current"] = v
+
+        best: dict[str, Any] = {"score": -math.inf, "state": None, "where": None}
+        total_epochs_run = 0
+        stages = method.stages()
+        for si, stage in enumerate(stages):
+            if si < start_stage:
+                continue
+            epochs = stage.epochs if stage.epochs is not None else self.max_epochs
+            first_epoch = start_epoch if si == start_stage else 0
+            context = StageContext(
+                train_videos=videos["current"],
+                device=self.device,
+                predict=lambda v: predict_videos(method, v),
+                stage_index=si,
+                set_train_videos=set_train_videos,
+                resumed=resume_state is not None and si == start_stage and first_epoch > 0,
+            )
+            method.on_stage_start(stage, context)
+            dataset, collate = make_train_dataset(videos["current"], seed + 7919 * si)
+            loader = self.make_loader(dataset, collate, train=True, seed=seed + 7919 * si)
+            params = [p for p in method.parameters() if p.requires_grad]
+            if not params:
+                raise RuntimeError(f"stage {stage.name!r} of {type(method).__name__} has no trainable parameter")
+            train_module: nn.Module = method
+            if self.distributed:
+                train_module = nn.parallel.DistributedDataParallel(
+                    method,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=True,
+                )
+            opt = self.build_optimizer(params, stage)
+            sched = self.build_scheduler(opt, epochs, max(1, len(loader)))
+            scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+            if resume_state is not None and si == start_stage and first_epoch > 0:
+                opt.load_state_dict(resume_state["optimizer"])
+                sched.load_state_dict(resume_state["scheduler"])
+
+            bar = _progress(range(first_epoch, epochs), self.progress and dist_utils.is_main(), f"{stage.name}")
+            for epoch in bar:
+                method.train()
+                method.on_epoch_start(epoch)
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
+                loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
+                sums: dict[str, float] = {}
+                n_steps, t0 = 0, time.perf_counter()
+                for batch in loader:
+                    batch = self.to_device(batch)
+                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                        losses = train_module(batch)
+                    loss = losses["loss"]
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"non-finite loss in stage {stage.name!r} epoch {epoch}: "
+                            + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                        )
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if self.grad_clip > 0:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(params, self.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    sched.step()
+                    method.on_train_step_end()
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                    n_steps += 1
+                row = {"stage": stage.name, "epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+                row.update({k: v / max(1, n_steps) for k, v in sums.items()})
+                row.update(method.log_metrics())
+                row["seconds"] = time.perf_counter() - t0
+                row["videos_per_s"] = n_steps * self.batch_size / max(row["seconds"], 1e-9)
+                result.history.append(row)
+                if hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
+                log.info("%s epoch %d: %s", stage.name, epoch, _fmt_row(row))
+                total_epochs_run += 1
+
+                is_last_epoch = si == len(stages) - 1 and epoch == epochs - 1
+                if self.eval_every and (epoch + 1) % self.eval_every == 0 and not is_last_epoch:
+                    self._periodic_eval(method, evaluate, select_evaluate, result, best, stage, epoch)
+                if epoch == epochs - 1:
+                    result.stage_metrics.append({"stage": stage.name, **method.stage_metrics()})
+                if epoch == epochs - 1:
+                    # At a stage's end the next stage starts afresh (its hook runs, new optimizer).
+                    self._save(ckpt_path, method, opt, sched, si + 1, 0, result)
+                elif (epoch + 1) % self.checkpoint_every == 0:
+                    self._save(ckpt_path, method, opt, sched, si, epoch + 1, result)
+                if self.stop_after_epochs is not None and total_epochs_run >= self.stop_after_epochs:
+                    log.warning("stopping after %d epochs (trainer.stop_after_epochs)", total_epochs_run)
+                    result.selected = {"weights": "interrupted"}
+                    return result
+
+        if self.model_selection == "last":
+            result.selected = {"weights": "last", "note": "final weights; no selection"}
+        else:
+            self._periodic_eval(method, evaluate, select_evaluate, result, best, stages[-1], -1)
+            method.load_state_dict(best["state"])
+            result.selected = {"weights": f"best on {self.model_selection}", **best["where"]}
+            if self.model_selection == "test":
+                log.warning(
+                    "MODEL SELECTED ON THE TEST SET (trainer.model_selection=test): the reported mAP is "
+                    "optimistic and not comparable to papers that select on held-out data"
+                )
+        return result
+
+    def _periodic_eval(self, method, evaluate, select_evaluate, result, best, stage, epoch) -> None:  # noqa: ANN001
+        entry: dict[str, Any] = {"stage": stage.name, "epoch": epoch}
+        if evaluate is not None:
+            metrics = evaluate(method)
+            entry["test_average_mAP"] = metrics.get("average_mAP")
+        if self.model_selection == "held_out" and select_evaluate is not None:
+            entry["held_out_average_mAP"] = select_evaluate(method)["average_mAP"]
+        result.evaluations.append(entry)
+        log.info("evaluation: %s", _fmt_row(entry))
+        if self.model_selection != "last":
+            key = "test_average_mAP" if self.model_selection == "test" else "held_out_average_mAP"
+            score = entry.get(key)
+            if score is not None and score > best["score"]:
+                best.update(score=score, state=copy.deepcopy(method.state_dict()), where=dict(entry))
+        method.train()
+
+    def _save(self, path: Path, method: Method, opt, sched, stage_index: int, epoch: int, result: FitResult) -> None:  # noqa: ANN001
+        if not dist_utils.is_main():
+            return
+        save_checkpoint(
+            path,
+            {
+                "method": method.state_dict(),
+                "method_extra": method.extra_state(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": rng_state(),
+                "stage_index": stage_index,
+                "epoch": epoch,
+                "history": result.history,
+                "evaluations": result.evaluations,
+                "stage_metrics": result.stage_metrics,
+            },
+        )
+
+
+def _progress(it, enabled: bool, desc: str):  # noqa: ANN001, ANN202
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc, unit="epoch", dynamic_ncols=True, leave=False)
+
+
+def _fmt_row(row: dict[str, Any]) -> str:
+    parts = []
+    for k, v in row.items():
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+        else:
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False

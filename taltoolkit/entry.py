@@ -1,0 +1,187 @@
+"""``run(cfg)``: compose dataset, model, method, trainer and evaluation from one config.
+
+``tools/run.py`` is a thin ``@hydra.main`` wrapper around this function; tests and research
+code call it with a config from Hydra's compose API. Every object is built with
+``hydra.utils.instantiate`` from a ``_target_`` and plain keyword arguments; each target is
+logged so that a failing construction is easy to locate (set ``HYDRA_FULL_ERROR=1`` for
+Hydra's full traceback).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("taltoolkit")
+
+
+def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    from hydra.utils import instantiate
+
+    target = node.get("_target_", "?")
+    log.info("building %s: %s", what, target)
+    try:
+        return instantiate(node, **kwargs)
+    except Exception as e:  # noqa: BLE001 - re-raised with the config path that failed
+        raise RuntimeError(
+            f"could not build {what} from _target_={target}: {type(e).__name__}: {e}\n"
+            "(set HYDRA_FULL_ERROR=1 for the full traceback)"
+        ) from e
+
+
+def output_dir_from(cfg: DictConfig) -> Path:
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # noqa: BLE001 - compose API without a Hydra run: fall back to ./outputs
+        return Path("outputs") / "run"
+
+
+def setup_logging(out_dir: Path) -> None:
+    """Log to stderr and to ``out_dir/run.log`` (Hydra's own handlers are kept when present)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    log_file = out_dir / "run.log"
+    if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file.resolve() for h in root.handlers):
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s"))
+        root.addHandler(fh)
+    root.setLevel(logging.INFO)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one method on one dataset; returns the metrics written to metrics.json."""
+    import torch
+
+    from taltoolkit.engine import distributed as dist_utils
+    from taltoolkit.engine.evaluator import Evaluator
+    from taltoolkit.engine.logger import RunLogger
+    from taltoolkit.engine.reporting import write_run_outputs
+    from taltoolkit.engine.trainer import Trainer, seed_everything
+    from taltoolkit.evaluation.presets import default_preset, get_preset
+
+    out_dir = output_dir_from(cfg)
+    setup_logging(out_dir)
+    seed_everything(int(cfg.seed))
+    if dist_utils.is_main():
+        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+    dataset = _instantiate(cfg.dataset, "dataset")
+    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+    model = None
+    if cfg.get("model") is not None:
+        model = _instantiate(cfg.model, "model", in_dim=dataset.feature_dim, num_classes=dataset.num_classes)
+    method = _instantiate(cfg.method, "method", model=model)
+    postprocess = _instantiate(cfg.postprocess, "postprocess", _partial_=True)
+
+    label_mode = cfg.get("label_mode") or method.label_mode
+    train_videos = dataset.train_videos(
+        label_mode=label_mode, labelled_fraction=cfg.get("labelled_fraction"), split_seed=int(cfg.get("split_seed", 0))
+    )
+    test_videos = dataset.test_videos()
+    log.info(
+        "%s: %d training videos (labels: %s), %d test videos, %d classes, features %d-d, device %s",
+        dataset.name, len(train_videos), label_mode, len(test_videos), dataset.num_classes,
+        dataset.feature_dim, trainer.device,
+    )
+
+    ev_cfg = cfg.get("evaluation") or {}
+    preset_name = ev_cfg.get("preset") or default_preset(dataset.name, method.paradigm)
+    preset = get_preset(preset_name)
+    tiou = list(ev_cfg.get("tiou_thresholds") or preset.tiou_thresholds)
+    subset = ev_cfg.get("subset") or dataset.test_subset
+
+    def make_test_dataset(videos):  # noqa: ANN001, ANN202
+        return dataset.make_sampler(videos, method.sampling, training=False)
+
+    def make_train_dataset(videos, seed):  # noqa: ANN001, ANN202
+        return dataset.make_sampler(videos, method.sampling, training=True, seed=seed)
+
+    evaluator = Evaluator(
+        test_videos, dataset.classes, dataset.ground_truth(subset), subset, tiou, postprocess,
+        make_test_dataset, trainer.device, averages=preset.averages, progress=trainer.progress,
+    )
+    select_eval = None
+    if trainer.model_selection == "held_out":
+        train_videos, held_out = _split_held_out(train_videos, trainer.held_out_fraction, int(cfg.seed))
+        full = {v.name: v for v in dataset.all_videos()}
+        held_full = [full[v.name] for v in held_out]
+        held_eval = Evaluator(
+            held_full, dataset.classes, dataset.ground_truth(dataset.train_subset), dataset.train_subset, tiou,
+            postprocess, make_test_dataset, trainer.device, averages=preset.averages,
+        )
+        select_eval = lambda m: held_eval.evaluate(m)[0]  # noqa: E731
+        log.info("model selection on %d held-out training videos (trainer.model_selection=held_out)", len(held_full))
+
+    run_logger = RunLogger.from_config(cfg.get("logger"), out_dir, cfg)
+    fit = trainer.fit(
+        method,
+        train_videos,
+        make_train_dataset,
+        evaluator.predict,
+        (lambda m: evaluator.evaluate(m)[0]),
+        out_dir,
+        seed=int(cfg.seed),
+        select_evaluate=select_eval,
+    )
+    if fit.selected.get("weights") == "interrupted":
+        return {"interrupted": True, "history": fit.history}
+
+    metrics: dict[str, Any] = {}
+    if dist_utils.is_main():
+        metrics, dets, outputs = evaluator.evaluate(method)
+        metrics.update(
+            method=cfg.get("method_name") or type(method).__name__,
+            dataset=dataset.name,
+            label_mode=label_mode,
+            subset=subset,
+            preset=preset_name,
+            model_selection=fit.selected,
+            history=fit.history,
+            evaluations=fit.evaluations,
+            stage_metrics=fit.stage_metrics,
+            seed=int(cfg.seed),
+            world_size=dist_utils.world_size(),
+        )
+        write_run_outputs(out_dir, metrics, dets, outputs, test_videos, dataset.classes, run_logger)
+    dist_utils.barrier()
+    run_logger.finish()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        metrics = dist_utils.broadcast_object(metrics)
+    return metrics
+
+
+def _split_held_out(videos, fraction: float, seed: int):  # noqa: ANN001, ANN202
+    import numpy as np
+
+    rng = np.random.default_rng(seed + 12345)
+    n_held = max(1, int(round(len(videos) * fraction)))
+    held = set(rng.choice(len(videos), n_held, replace=False).tolist())
+    return [v for i, v in enumerate(videos) if i not in held], [v for i, v in enumerate(videos) if i in held]
+
+
+def dump_json(path: Path, obj: Any) -> None:
+    from taltoolkit.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default).encode()))
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

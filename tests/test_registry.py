@@ -1,0 +1,103 @@
+"""Every registered component has a conf yaml pointing at it, whose keys its signature accepts."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from taltoolkit.registry import KINDS, list_components
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# Arguments the entry point passes at construction time rather than from the yaml.
+RUNTIME_ARGS = {
+    "backbone": {"in_dim", "num_classes"},
+    "head": {"in_dim", "num_classes"},
+    "branch": {"in_dim", "num_classes"},
+    "method": {"model"},
+}
+
+
+def conf_targets() -> list[tuple[str, str, DictConfig]]:
+    """(file:key, _target_, node) for every _target_ in conf/."""
+    found = []
+    for f in sorted(CONF_DIR.rglob("*.yaml")):
+        cfg = OmegaConf.load(f)
+        for path, node in _walk_raw(cfg, ""):
+            found.append((f"{f.relative_to(CONF_DIR)}:{path or '<root>'}", str(node["_target_"]), node))
+    return found
+
+
+def _walk_raw(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
+    # Walk without resolving interpolations: they refer to other groups.
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            yield path, node
+        for k in node.keys():
+            child = node._get_node(k)
+            if isinstance(child, (DictConfig, ListConfig)):
+                yield from _walk_raw(child, f"{path}.{k}" if path else str(k))
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            child = node._get_node(i)
+            if isinstance(child, (DictConfig, ListConfig)):
+                yield from _walk_raw(child, f"{path}[{i}]")
+
+
+def _resolve_target(target: str) -> Any:
+    module, _, attr = target.rpartition(".")
+    try:
+        obj = importlib.import_module(module)
+        for part in [attr]:
+            obj = getattr(obj, part)
+        return obj
+    except (ImportError, AttributeError):
+        # nested qualname (Class.method)
+        mod, _, cls = module.rpartition(".")
+        return getattr(getattr(importlib.import_module(mod), cls), attr)
+
+
+COMPONENTS = list_components()
+TARGETS = conf_targets()
+
+
+def test_components_exist():
+    kinds = {c.kind for c in COMPONENTS}
+    assert {"dataset", "method", "postprocessor", "backbone"} <= kinds, kinds
+    assert all(c.kind in KINDS for c in COMPONENTS)
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: f"{c.kind}:{c.name}")
+def test_registered_component_has_conf(component):
+    where = [w for w, t, _ in TARGETS if t == component.target]
+    assert where, f"{component.kind} {component.name!r} ({component.target}) has no conf yaml with _target_ pointing at it"
+
+
+@pytest.mark.parametrize("where,target,node", TARGETS, ids=[w for w, _, _ in TARGETS])
+def test_conf_target_is_registered_and_keys_match_signature(where, target, node):
+    if not target.startswith("taltoolkit."):
+        return  # third-party targets (e.g. torch.optim) are checked by Hydra at run time
+    registered = {c.target: c for c in COMPONENTS}
+    assert target in registered, f"{where}: _target_ {target} is not a registered component"
+    comp = registered[target]
+    obj = _resolve_target(target)
+    assert obj is comp.obj
+    sig = inspect.signature(obj)
+    params = sig.parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    keys = {k for k in node.keys() if not str(k).startswith("_")}
+    if not accepts_any:
+        unknown = keys - set(params)
+        assert not unknown, f"{where}: keys {sorted(unknown)} are not arguments of {target}{sig}"
+    if node.get("_partial_", False) or comp.kind == "postprocessor":
+        return  # the rest is supplied per call (e.g. a video's activation sequence)
+    required = {
+        n for n, p in params.items()
+        if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    missing = required - keys - RUNTIME_ARGS.get(comp.kind, set())
+    assert not missing, f"{where}: required arguments {sorted(missing)} of {target} are not set"
