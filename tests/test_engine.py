@@ -166,3 +166,30 @@ def test_bad_trainer_options():
         Trainer(model_selection="best")
     with pytest.raises(ValueError, match="optimizer"):
         Trainer(optimizer="lamb")
+
+
+def test_feature_bank_gathers_what_the_loader_would():
+    import numpy as np
+
+    from taltoolkit.data.sampling import make_dataset
+    from taltoolkit.engine.feature_bank import FeatureBank, PositionsOnly
+    from taltoolkit.structures import Video
+
+    rng = np.random.default_rng(0)
+    videos = [
+        Video(f"v{i}", rng.random((t, 6)).astype(np.float32), duration=t * 0.64, fps=25.0, step_s=0.64,
+              video_labels=np.eye(3, dtype=np.float32)[i % 3])
+        for i, t in enumerate([5, 12, 9, 30])
+    ]
+    ds, collate = make_dataset("fixed", videos, training=True, seed=1, num_segments=8)
+    bank = FeatureBank(videos, torch.device("cpu"), dtype=torch.float32)
+    for sampling in ("fixed", "variable"):
+        ds, collate = make_dataset(sampling, videos, training=True, seed=1, num_segments=8, max_seq_len=10)
+        ds.set_epoch(3)
+        full = collate([ds[i] for i in range(4)])
+        light = PositionsOnly(ds)
+        light.set_epoch(3)
+        lb = collate([light[i] for i in range(4)])
+        assert lb["features"].shape[-1] == 0
+        got = bank.gather(lb["index"], lb["positions"], lb["mask"])
+        assert torch.equal(got, full["features"]), sampling

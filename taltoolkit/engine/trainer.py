@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from taltoolkit.engine import distributed as dist_utils
+from taltoolkit.engine.feature_bank import FeatureBank, PositionsOnly
 from taltoolkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.structures import Video
@@ -249,6 +250,11 @@ class Trainer:
             )
             method.on_stage_start(stage, context)
             dataset, collate = make_train_dataset(videos["current"], seed + 7919 * si)
+            bank = None
+            if self.features_on_device:
+                bank = FeatureBank(videos["current"], self.device)
+                dataset = PositionsOnly(dataset)
+                log.info("features on %s: %.1f MB", self.device, bank.nbytes / 2**20)
             loader = self.make_loader(dataset, collate, train=True, seed=seed + 7919 * si)
             params = [p for p in method.parameters() if p.requires_grad]
             if not params:
@@ -278,6 +284,8 @@ class Trainer:
                 n_steps, t0 = 0, time.perf_counter()
                 for batch in loader:
                     batch = self.to_device(batch)
+                    if bank is not None:
+                        batch["features"] = bank.gather(batch["index"], batch["positions"], batch["mask"])
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
                         losses = train_module(batch)
                     loss = losses["loss"]
