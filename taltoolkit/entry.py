@@ -64,6 +64,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one method on one dataset; returns the metrics written to metrics.json."""
     import torch
 
+    from taltoolkit.data.sampling import make_dataset
     from taltoolkit.engine import distributed as dist_utils
     from taltoolkit.engine.evaluator import Evaluator
     from taltoolkit.engine.logger import RunLogger
@@ -103,10 +104,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     subset = ev_cfg.get("subset") or dataset.test_subset
 
     def make_test_dataset(videos):  # noqa: ANN001, ANN202
-        return dataset.make_sampler(videos, method.sampling, training=False)
+        return make_dataset(method.sampling, videos, training=False, num_segments=dataset.num_segments,
+                            max_seq_len=dataset.max_seq_len)
 
     def make_train_dataset(videos, seed):  # noqa: ANN001, ANN202
-        return dataset.make_sampler(videos, method.sampling, training=True, seed=seed)
+        return make_dataset(method.sampling, videos, training=True, seed=seed, num_segments=dataset.num_segments,
+                            max_seq_len=dataset.max_seq_len)
 
     evaluator = Evaluator(
         test_videos, dataset.classes, dataset.ground_truth(subset), subset, tiou, postprocess,

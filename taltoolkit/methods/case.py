@@ -1,0 +1,207 @@
+"""CASE: Clustering-Assisted F&B SEparation (Liu et al., ICCV 2023; ../shared/papers/case.txt).
+
+The method is the two-branch WTAL baseline (Sec. 3) plus snippet clustering (SCC, Eq. 3),
+cluster classification (CCC, Eq. 4-6), both self-labelled by Sinkhorn optimal transport
+(Eq. 10-13, Algorithm 1), trained jointly (Eq. 14) and used at test time through
+clustering-assisted testing (Sec. 4.3). Networks live in ``taltoolkit.models.wtal``; the
+losses in ``taltoolkit.losses``; Sinkhorn in ``taltoolkit.pseudo.sinkhorn``. This module is
+only CASE's own glue: which tensors go where, and its ablation switches.
+
+Values the paper leaves to its supplementary follow the authors' public code; each default
+names its source.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from taltoolkit.engine.method import Method
+from taltoolkit.losses.clustering import (
+    cluster_fb_logits,
+    cluster_prototypes,
+    fb_marginal,
+    rank_gaussian_prior,
+    soft_ce,
+)
+from taltoolkit.losses.mil import generalized_bce, topk_mil_indices, topk_mil_pool, video_ce_loss
+from taltoolkit.models.wtal import TwoStreamWTAL
+from taltoolkit.pseudo.sinkhorn import sinkhorn_labels
+from taltoolkit.registry import register
+
+SCC_LABELLINGS = ("ot_soft", "ot_hard", "argmax", "softmax")  # Table 4
+TEST_FOREGROUND = ("fused", "attention", "transformed")  # Table 6: P^M, P^A, P^T
+
+
+@register("method", "case")
+class CASE(Method):
+    """CASE: two-branch WTAL baseline + Sinkhorn-labelled snippet clustering and cluster classification."""
+
+    sampling = "fixed"
+    label_mode = "weak"
+    paradigm = "weak"
+
+    def __init__(
+        self,
+        model: TwoStreamWTAL,
+        topk_ratio: float = 1 / 8,  # top-k = T // 8 snippets per class (public code), Eq. 1 and Q^A
+        gce_q: float = 0.7,  # gamma of the generalized BCE, Eq. 2 (public code q_val)
+        use_scc: bool = True,  # Table 3 line 2: snippet clustering, Eq. 3
+        use_ccc: bool = True,  # Table 3 line 3: cluster classification, Eq. 4-6
+        lambda_s: float = 1.0,  # Eq. 14 weight of L_S (public code w_clu)
+        lambda_c: float = 0.3,  # Eq. 14 weight of L_C (public code w_cls)
+        rho: float = 10.0,  # Eq. 5 temperature (public code temp)
+        sigma: float = 10.0,  # Eq. 11 std of the rank prior (public code std)
+        sinkhorn_epsilon: float = 0.5,  # Eq. 10 entropic weight: Q ∝ exp(L / eps); code: eps 20 over rho 10
+        sinkhorn_iters: int = 3,  # Algorithm 1 n_iter
+        scc_prior: str = "rank",  # Eq. 12 ("rank") or Eq. 10 ("none"): Table 5 line 2
+        ccc_marginal: str = "empirical",  # Eq. 13 ("empirical") or Eq. 9 ("equipartition"): Table 5 line 3
+        scc_labelling: str = "ot_soft",  # Table 4: ot_soft | ot_hard | argmax | softmax (w/o OT)
+        test_foreground: str = "fused",  # Table 6: fused P^M | attention P^A | transformed P^T
+        fusion_weight: float = 0.5,  # P^M = w P^A + (1 - w) P^T, Sec. 4.3
+        distributed_sinkhorn: bool = True,  # solve Sinkhorn over the global batch under torchrun
+    ) -> None:
+        super().__init__()
+        if scc_prior not in ("rank", "none"):
+            raise ValueError(f"method.scc_prior={scc_prior!r}; choose rank (Eq. 12) or none (Eq. 10)")
+        if ccc_marginal not in ("empirical", "equipartition"):
+            raise ValueError(f"method.ccc_marginal={ccc_marginal!r}; choose empirical (Eq. 13) or equipartition (Eq. 9)")
+        if scc_labelling not in SCC_LABELLINGS:
+            raise ValueError(f"method.scc_labelling={scc_labelling!r}; choose one of {SCC_LABELLINGS}")
+        if test_foreground not in TEST_FOREGROUND:
+            raise ValueError(f"method.test_foreground={test_foreground!r}; choose one of {TEST_FOREGROUND}")
+        if use_ccc and not use_scc:
+            raise ValueError("method.use_ccc=true needs method.use_scc=true: CCC classifies SCC's clusters")
+        if (use_scc or test_foreground != "attention") and not model.num_clusters:
+            raise ValueError("CASE's clustering needs model.num_clusters > 0 (or method.use_scc=false "
+                             "method.use_ccc=false method.test_foreground=attention for the baseline)")
+        self.model = model
+        self.topk_ratio = topk_ratio
+        self.gce_q = gce_q
+        self.use_scc, self.use_ccc = use_scc, use_ccc
+        self.lambda_s, self.lambda_c = lambda_s, lambda_c
+        self.rho, self.sigma = rho, sigma
+        self.sinkhorn_epsilon, self.sinkhorn_iters = sinkhorn_epsilon, sinkhorn_iters
+        self.scc_prior, self.ccc_marginal = scc_prior, ccc_marginal
+        self.scc_labelling = scc_labelling
+        self.test_foreground = test_foreground
+        self.fusion_weight = fusion_weight
+        self.distributed_sinkhorn = distributed_sinkhorn
+        k = max(1, model.num_clusters)
+        # Q^C: cluster -> (foreground, background) assignment of the last training step; it is
+        # the prior of the next step's Eq. 11 and is used at test time (Sec. 4.3). Starts
+        # uniform as in the public code; a buffer, so checkpoints carry it.
+        self.register_buffer("cluster_fb", torch.full((k, 2), 1.0 / k))
+        self._last: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ shared pieces
+    def _combined_scores(self, out: dict[str, torch.Tensor], foreground: torch.Tensor) -> torch.Tensor:
+        """T-CAS calibrated by attention: mean of the stream-averaged class softmax and each stream's foreground."""
+        cas_prob = out["cas"].softmax(-1).mean(0)  # (B, T, G)
+        fg = rearrange(foreground, "s b t -> b t s")  # (B, T, S)
+        return (cas_prob + fg.sum(-1, keepdim=True)) / (1 + fg.shape[-1])  # (B, T, G)
+
+    def _transformed_foreground(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """P^T = P^S Q^C_{:,fg} per stream, law of total probability (Sec. 4.3)."""
+        return out["cluster_logits"].softmax(-1) @ self.cluster_fb[:, 0]  # (S, B, T)
+
+    def _test_foreground(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.test_foreground == "attention":
+            return out["attention"]
+        p_t = self._transformed_foreground(out)
+        if self.test_foreground == "transformed":
+            return p_t
+        return self.fusion_weight * out["attention"] + (1 - self.fusion_weight) * p_t  # P^M
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        x, mask, y = batch["features"], batch["mask"], batch["video_labels"]  # (B,T,D) (B,T) (B,G)
+        out = self.model(x, mask)
+        cas, att = out["cas"], out["attention"]  # (S,B,T,G) logits, (S,B,T) probabilities
+        combined = self._combined_scores(out, att)  # (B, T, G)
+        idx, counts = topk_mil_indices(combined, ratio=self.topk_ratio, mask=mask, return_counts=True)  # (B, k, G)
+
+        # Eq. 1: video scores from the mean of the top-k raw CAS logits, per stream.
+        video_logits = topk_mil_pool(cas, idx, counts)  # (S, B, G)
+        loss_v = sum(video_ce_loss(v, y) for v in video_logits) / cas.shape[0]
+
+        # Q^A: snippets in the top-k of a ground-truth class are foreground.
+        q_a = self._attention_targets(idx, y, x.shape[1])  # (B, T)
+        loss_a = sum(generalized_bce(a, q_a, q=self.gce_q, mask=mask) for a in att)  # Eq. 2, summed over streams
+        losses = {"loss_v": loss_v, "loss_a": loss_a}
+        total = loss_v + loss_a
+
+        if self.use_scc:
+            valid = mask.reshape(-1)  # (N,) with N = B * T; padded steps never enter clustering
+            logits = rearrange(out["cluster_logits"], "s b t k -> s (b t) k")[:, valid]  # (S, N, K)
+            emb = rearrange(out["embeddings"], "s b t h -> s (b t) h")[:, valid]  # (S, N, H)
+            att_fused = att.mean(0).reshape(-1)[valid]  # (N,)
+            q_s = self._cluster_targets(logits.mean(0).detach(), att_fused.detach())  # (N, K)
+            loss_s = sum(soft_ce(q_s, lg) for lg in logits)  # Eq. 3, summed over streams
+            losses["loss_s"] = loss_s
+            total = total + self.lambda_s * loss_s
+            if self.use_ccc:
+                q_a_flat = q_a.reshape(-1)[valid]  # (N,)
+                fb = torch.stack([q_a_flat, 1 - q_a_flat], -1)  # (N, 2)
+                stream_logits = torch.stack(
+                    [cluster_fb_logits(cluster_prototypes(q_s, e), cluster_prototypes(fb, e), self.rho) for e in emb]
+                )  # (S, K, 2), Eq. 4-5
+                beta = fb_marginal(q_a_flat) if self.ccc_marginal == "empirical" else None  # Eq. 13 / Eq. 9
+                q_c = sinkhorn_labels(
+                    stream_logits.mean(0).detach(), epsilon=self.sinkhorn_epsilon, n_iter=self.sinkhorn_iters,
+                    col_marginal=beta,
+                )  # (K, 2)
+                loss_c = sum(soft_ce(q_c, lg) for lg in stream_logits)  # Eq. 6, summed over streams
+                losses["loss_c"] = loss_c
+                total = total + self.lambda_c * loss_c
+                with torch.no_grad():
+                    self.cluster_fb.copy_(q_c)
+                    self._last["H(Q^C)"] = float(-(q_c * q_c.clamp_min(1e-12).log()).sum(-1).mean())
+            with torch.no_grad():
+                self._last["H(Q^S)"] = float(-(q_s * q_s.clamp_min(1e-12).log()).sum(-1).mean())
+        losses["loss"] = total  # Eq. 14
+        return losses
+
+    def _attention_targets(self, idx: torch.Tensor, y: torch.Tensor, t: int) -> torch.Tensor:
+        """Q^A (B, T): 1 where a snippet is among the top-k of one of the video's classes."""
+        b, k, g = idx.shape
+        chosen = torch.zeros(b, t, g, device=idx.device)
+        chosen.scatter_(1, idx, 1.0)
+        return (chosen * (y > 0).unsqueeze(1).float()).amax(-1)  # (B, T)
+
+    @torch.no_grad()
+    def _cluster_targets(self, logits: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        """Q^S (N, K) from the fused cluster logits, by the labelling Table 4 selects."""
+        if self.scc_labelling == "softmax":  # "w/o OT, soft": labels are the predictions
+            return (logits / self.sinkhorn_epsilon).softmax(-1)
+        if self.scc_labelling == "argmax":  # "w/o OT, hard"
+            return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+        prior = None
+        if self.scc_prior == "rank":
+            prior = rank_gaussian_prior(attention, self.cluster_fb[:, 0], self.sigma)  # Eq. 11
+        q = sinkhorn_labels(
+            logits, epsilon=self.sinkhorn_epsilon, n_iter=self.sinkhorn_iters, prior=prior,
+            distributed=self.distributed_sinkhorn,
+        )  # Eq. 10 / Eq. 12
+        if self.scc_labelling == "ot_hard":
+            q = F.one_hot(q.argmax(-1), q.shape[-1]).float()
+        return q
+
+    def log_metrics(self) -> dict[str, float]:
+        return dict(self._last)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        x, mask = batch["features"], batch["mask"]
+        out = self.model(x, mask)
+        combined = self._combined_scores(out, self._test_foreground(out))  # (B, T, G)
+        idx, counts = topk_mil_indices(combined, ratio=self.topk_ratio, mask=mask, return_counts=True)  # (B, k, G)
+        video_scores = topk_mil_pool(out["cas"].mean(0), idx, counts).softmax(-1)  # (B, G), streams averaged
+        results = []
+        for i in range(x.shape[0]):
+            n = int(mask[i].sum())
+            results.append({"cas": combined[i, :n], "class_scores": video_scores[i]})
+        return results

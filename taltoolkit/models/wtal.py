@@ -1,0 +1,111 @@
+"""Two-branch, multi-stream WTAL backbone (CASE Sec. 3 / Fig. 2a, plus the SCC clustering head of Sec. 4.1).
+
+Per stream (RGB and optical flow are the two halves of the feature vector):
+
+* classification branch: encoder Conv1d(D_s -> H, kernel) + ReLU, action classifier
+  Conv1d(H -> G, 1) giving the T-CAS logits P^V;
+* attention branch: encoder Conv1d(D_s -> H, kernel) + ReLU giving the snippet embeddings E,
+  attention layer Conv1d(H -> 1, 1) + sigmoid giving the foreground probabilities P^A, and
+  clustering head Linear(H -> K) giving the cluster logits of P^S.
+
+Layer sizes follow the authors' public code (H = 512, kernel 1): with D = 2048, G = 20,
+K = 16 that is 2.137 M parameters, the paper's Table 1 figure.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+from taltoolkit.registry import register
+
+Tensor = torch.Tensor
+
+
+class _Stream(nn.Module):
+    """One stream's classification and attention branches."""
+
+    def __init__(
+        self, in_dim: int, num_classes: int, hidden_dim: int, kernel_size: int, num_clusters: int, dropout: float
+    ) -> None:
+        super().__init__()
+        # padding="same" keeps T for any kernel size (odd or even), so outputs align with steps.
+        self.cls_encoder = nn.Conv1d(in_dim, hidden_dim, kernel_size, padding="same")
+        self.classifier = nn.Conv1d(hidden_dim, num_classes, 1)
+        self.att_encoder = nn.Conv1d(in_dim, hidden_dim, kernel_size, padding="same")
+        self.attention = nn.Conv1d(hidden_dim, 1, 1)
+        self.cluster_head = nn.Linear(hidden_dim, num_clusters) if num_clusters > 0 else None
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, keep: Tensor) -> dict[str, Tensor | None]:
+        # x (B, D_s, T) channels-first for Conv1d; keep (B, 1, T) float, 0 at padded steps.
+        # Embeddings are zeroed at padded steps so a kernel > 1 cannot mix padding into
+        # real steps' neighbours further down (the input is already zeroed there).
+        h_cls = self.dropout(torch.relu(self.cls_encoder(x))) * keep  # (B, H, T)
+        cas = self.classifier(h_cls)  # (B, G, T)
+        emb = self.dropout(torch.relu(self.att_encoder(x))) * keep  # (B, H, T): E of Sec. 4.1
+        att = torch.sigmoid(self.attention(emb))  # (B, 1, T)
+        emb_btc = rearrange(emb, "b h t -> b t h")
+        return {
+            "cas": rearrange(cas, "b g t -> b t g"),
+            "attention": rearrange(att, "b 1 t -> b t"),
+            "cluster_logits": self.cluster_head(emb_btc) if self.cluster_head is not None else None,
+            "embeddings": emb_btc,
+        }
+
+
+@register("backbone", "two_stream_wtal")
+class TwoStreamWTAL(nn.Module):
+    """Two-branch WTAL network of CASE (Fig. 2a) per feature stream, with the SCC clustering head.
+
+    ``in_dim`` is split into ``streams`` equal consecutive slices (RGB first, then flow, as the
+    features are stored); ``streams=1`` uses the whole vector (single-modality features).
+    ``num_clusters=0`` drops the clustering head (the plain baseline). ``dropout`` applies to
+    both encoders' outputs (0 by default, as in the code the defaults follow).
+
+    forward(features (B, T, D), mask (B, T) bool | None) -> dict, streams stacked first:
+      ``cas`` (S, B, T, G) logits, ``attention`` (S, B, T) probabilities, ``cluster_logits``
+      (S, B, T, K) or None, ``embeddings`` (S, B, T, H) attention-branch embeddings.
+    Values at padded steps are meaningless; consumers must apply the mask.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        hidden_dim: int = 512,
+        kernel_size: int = 1,
+        num_clusters: int = 16,
+        dropout: float = 0.0,
+        streams: int = 2,
+    ) -> None:
+        super().__init__()
+        if streams < 1 or in_dim % streams:
+            raise ValueError(f"in_dim={in_dim} cannot be split into streams={streams} equal parts")
+        if num_clusters < 0:
+            raise ValueError(f"num_clusters={num_clusters} must be >= 0 (0 disables the clustering head)")
+        self.in_dim = in_dim
+        self.num_classes = num_classes
+        self.hidden_dim = hidden_dim
+        self.kernel_size = kernel_size
+        self.num_clusters = num_clusters
+        self.streams = streams
+        self.stream_dim = in_dim // streams
+        self.branches = nn.ModuleList(
+            _Stream(self.stream_dim, num_classes, hidden_dim, kernel_size, num_clusters, dropout) for _ in range(streams)
+        )
+
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> dict[str, Tensor | None]:
+        if features.shape[-1] != self.in_dim:
+            raise ValueError(f"features have D={features.shape[-1]}, the model was built for in_dim={self.in_dim}")
+        if mask is None:
+            keep = features.new_ones(features.shape[0], 1, features.shape[1])  # (B, 1, T)
+        else:
+            keep = rearrange(mask.to(features.dtype), "b t -> b 1 t")
+        x = rearrange(features, "b t (s d) -> s b d t", s=self.streams) * keep  # (S, B, D_s, T)
+        outs = [branch(x[i], keep) for i, branch in enumerate(self.branches)]
+        result: dict[str, Tensor | None] = {}
+        for key in ("cas", "attention", "cluster_logits", "embeddings"):
+            parts = [o[key] for o in outs]
+            result[key] = None if parts[0] is None else torch.stack(parts)  # type: ignore[arg-type]
+        return result
