@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
 from taltoolkit.engine.method import Method
@@ -77,12 +76,10 @@ class Evaluator:
 
     def evaluate(self, method: Method) -> tuple[dict[str, Any], dict[str, Detections], list[dict[str, Any]]]:
         dets, outputs = self.detections(method)
-        result = detection_map(self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset)
-        metrics = result.to_dict(percent=True)
-        for name, (lo, hi) in self.averages.items():
-            sel = [m for t, m in zip(self.tiou_thresholds, metrics["mAP"]) if lo - 1e-9 <= t <= hi + 1e-9]
-            metrics.setdefault("averages", {})[name] = float(np.mean(sel)) if sel else float("nan")
-        return metrics, dets, outputs
+        result = detection_map(
+            self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset, averages=self.averages
+        )
+        return result.to_dict(percent=True), dets, outputs
 
 
 def _to_numpy(v: Any) -> Any:

@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""Benchmarks: ``python tools/bench.py {eval,nms} [--out bench.json]``.
+
+``eval``  THUMOS14-sized detection evaluation: the real THUMOS14 test ground truth and
+          seeded random predictions near it (1000 per video); ``--dataset activitynet13``
+          does the same on ActivityNet 1.3 validation. Times ``tools/eval.py`` as a
+          whole subprocess (start-up and JSON reading included), the in-process
+          ``detection_map``, and the loop-based restatement of the official rule in
+          ``tests/reference_anet.py``; checks the numbers are bit-identical.
+``nms``   ``nms`` / ``batched_nms`` / ``soft_nms`` from ``taltoolkit.postprocess.nms`` over
+          many videos' worth of proposals.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+for p in (ROOT, os.path.join(ROOT, "tests")):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+THUMOS_GT = os.path.join(ROOT, "taltoolkit", "annotations", "thumos14", "thumos14_annotations.json")
+DATASETS = {  # packaged ground truth and the preset that goes with it
+    name: (os.path.join(ROOT, "taltoolkit", "annotations", name, f"{name}_annotations.json"), preset)
+    for name, preset in [("thumos14", "thumos14_weak"), ("activitynet12", "activitynet"),
+                         ("activitynet13", "activitynet")]
+}
+
+
+def _timeit(fn: Callable[[], Any], repeat: int) -> tuple[list[float], Any]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def make_thumos_predictions(gt_json: dict, per_video: int = 1000, seed: int = 0,
+                            subset: str = "test") -> dict:
+    """Seeded ActivityNet results near the ground truth of every ``subset`` video.
+
+    About 60% of the predictions are jittered copies of a ground-truth instance of the video
+    (mostly with its label, higher scores), the rest random segments with random labels, so
+    matching does real work: many overlaps, duplicates competing for the same instance.
+    Scores are rounded to 4 decimals, so ties in score occur as they do in real outputs.
+    """
+    rng = np.random.default_rng(seed)
+    classes = gt_json["classes"]
+    results: dict[str, list[dict]] = {}
+    for video, entry in gt_json["database"].items():
+        if entry["subset"] != subset:
+            continue
+        dur = float(entry.get("duration") or 200.0)
+        anns = entry["annotations"]
+        n_near = int(per_video * 0.6) if anns else 0
+        n_rand = per_video - n_near
+        segs = np.zeros((per_video, 2))
+        labels = rng.integers(0, len(classes), per_video)
+        scores = rng.random(per_video) * 0.6
+        if n_near:
+            src = rng.integers(0, len(anns), n_near)
+            gs = np.array([anns[i]["segment"] for i in src], dtype=float)  # (n_near, 2)
+            length = np.maximum(gs[:, 1] - gs[:, 0], 0.5)
+            centre = gs.mean(axis=1) + rng.normal(0, 0.25, n_near) * length
+            half = length / 2 * np.exp(rng.normal(0, 0.35, n_near))
+            segs[:n_near] = np.stack([centre - half, centre + half], axis=1)
+            same = rng.random(n_near) < 0.9
+            gl = np.array([classes.index(anns[i]["label"]) for i in src])
+            labels[:n_near] = np.where(same, gl, labels[:n_near])
+            scores[:n_near] = 0.3 + 0.7 * rng.random(n_near) ** 0.7
+        start = rng.random(n_rand) * dur
+        segs[n_near:] = np.stack([start, start + rng.exponential(8.0, n_rand)], axis=1)
+        segs = np.clip(np.round(segs, 2), 0.0, dur)
+        perm = rng.permutation(per_video)  # file order must not follow the generator's
+        results[video] = [
+            {"label": classes[int(labels[i])], "score": round(float(scores[i]), 4),
+             "segment": [float(segs[i, 0]), float(segs[i, 1])]}
+            for i in perm
+        ]
+    return {"version": "bench", "results": results, "external_data": {}}
+
+
+def bench_eval(args: argparse.Namespace) -> dict:
+    import reference_anet as ref
+    from taltoolkit.evaluation import detection_map, get_preset
+
+    gt_path, default = DATASETS[args.dataset]
+    args.preset = args.preset or default
+    preset = get_preset(args.preset)
+    thresholds = np.asarray(preset.tiou_thresholds)
+    with open(gt_path) as f:
+        gt_json = json.load(f)
+    pred_json = make_thumos_predictions(gt_json, args.per_video, args.seed, preset.subset)
+    n_videos = len(pred_json["results"])
+    n_pred = sum(len(v) for v in pred_json["results"].values())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pred_path = os.path.join(tmp, "predictions.json")
+        metrics_path = os.path.join(tmp, "metrics.json")
+        with open(pred_path, "w") as f:
+            json.dump(pred_json, f)
+        size_mb = os.path.getsize(pred_path) / 2 ** 20
+
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "eval.py"), gt_path, pred_path,
+               "--preset", args.preset, "--out", metrics_path, "--quiet"]
+
+        def run_cli() -> None:
+            subprocess.run(cmd, check=True)
+
+        cli_times, _ = _timeit(run_cli, args.repeat)
+        with open(metrics_path) as f:
+            cli_metrics = json.load(f)
+
+        def load_both() -> tuple[dict, dict]:
+            with open(gt_path) as f:
+                g = json.load(f)
+            with open(pred_path) as f:
+                p = json.load(f)
+            return g, p
+
+        def load_both_no_gc() -> tuple[dict, dict]:  # what tools/eval.py does
+            gc.disable()
+            try:
+                return load_both()
+            finally:
+                gc.enable()
+
+        load_times, (g_loaded, p_loaded) = _timeit(load_both, args.repeat)
+        load_nogc_times, _ = _timeit(load_both_no_gc, args.repeat)
+        ours_times, ours = _timeit(
+            lambda: detection_map(g_loaded, p_loaded, tiou_thresholds=thresholds,
+                                  subset=preset.subset), args.repeat)
+
+        # The reference reads the files itself, as the official tool does; its compute alone
+        # (on the dicts already loaded) is timed too, for the like-for-like comparison.
+        def run_ref():
+            g, p = load_both()
+            return ref.evaluate(g, p, preset.subset, thresholds)
+
+        ref_times, (ref_ap, ref_idx, ref_map, ref_avg) = _timeit(run_ref, args.ref_repeat)
+        ref_compute_times, _ = _timeit(
+            lambda: ref.evaluate(g_loaded, p_loaded, preset.subset, thresholds), args.ref_repeat)
+
+    cols = [gt_json["classes"].index(c) for c in ref_idx]
+    identical = bool(
+        np.array_equal(ours.ap[:, cols], ref_ap)
+        and np.array_equal(ours.mAP, ref_map)
+        and ours.average_mAP == ref_avg
+        # The CLI's JSON holds 100 * value; the same product of the reference must match.
+        and cli_metrics["mAP"] == [100.0 * float(x) for x in ref_map]
+        and cli_metrics["average_mAP"] == 100.0 * ref_avg
+    )
+    cli_t, inproc_t = min(cli_times), min(ours_times)
+    ref_t, ref_c = min(ref_times), min(ref_compute_times)
+    report = {
+        "benchmark": "eval",
+        "machine": {"python": platform.python_version(), "numpy": np.__version__,
+                    "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_1min": os.getloadavg()[0]},
+        "input": {"ground_truth": os.path.relpath(gt_path, ROOT), "subset": preset.subset,
+                  "videos": n_videos, "classes": len(gt_json["classes"]),
+                  "ground_truth_instances": int(ours.num_ground_truth.sum()),
+                  "predictions": n_pred, "predictions_json_MB": round(size_mb, 1),
+                  "seed": args.seed, "preset": args.preset,
+                  "tiou_thresholds": thresholds.tolist()},
+        "seconds": {
+            "cli_subprocess": cli_t,
+            "cli_subprocess_all": cli_times,
+            "json_load_in_process": min(load_times),
+            "json_load_in_process_gc_off": min(load_nogc_times),
+            "detection_map_in_process": inproc_t,
+            "detection_map_all": ours_times,
+            "loop_reference_with_json_load": ref_t,
+            "loop_reference_with_json_load_all": ref_times,
+            "loop_reference_compute_only": ref_c,
+        },
+        "speedup": {"cli_vs_loop_reference_with_json_load": ref_t / cli_t,
+                    "detection_map_vs_loop_reference_compute_only": ref_c / inproc_t},
+        "identical": identical,
+        "mAP_percent": [100.0 * float(x) for x in ours.mAP],
+        "average_mAP_percent": 100.0 * ours.average_mAP,
+    }
+    rows = [
+        ("tools/eval.py, whole subprocess", cli_t, ref_t / cli_t),
+        ("loop reference, JSON reading included", ref_t, 1.0),
+        ("detection_map in process (dicts loaded)", inproc_t, ref_c / inproc_t),
+        ("loop reference in process (dicts loaded)", ref_c, 1.0),
+        ("JSON reading of GT + predictions", min(load_times), None),
+        ("  the same with the cyclic GC off", min(load_nogc_times), None),
+    ]
+    print(f"eval benchmark: {n_videos} videos, {len(gt_json['classes'])} classes, "
+          f"{n_pred} predictions ({size_mb:.1f} MB), {len(thresholds)} thresholds, "
+          f"best of {args.repeat} (reference: {args.ref_repeat}), "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'':<44}{'seconds':>9}{'speed-up':>10}")
+    for name, t, sp in rows:
+        print(f"{name:<44}{t:9.3f}{'' if sp is None else f'{sp:9.1f}x':>10}")
+    print("mAP (%): " + " ".join(f"{100 * x:.2f}" for x in ours.mAP)
+          + f" | average {100 * ours.average_mAP:.2f}")
+    print(f"identical to the loop reference: {identical}")
+    return report
+
+
+def bench_nms(args: argparse.Namespace) -> dict:
+    try:
+        import torch
+
+        from taltoolkit.postprocess import nms as nms_mod
+    except ImportError as e:
+        print(f"nms benchmark skipped: {e}")
+        return {"benchmark": "nms", "skipped": str(e)}
+
+    g = torch.Generator().manual_seed(args.seed)
+    videos = []
+    for _ in range(args.videos):
+        start = torch.rand(args.proposals, generator=g, dtype=torch.float64) * 200
+        length = torch.rand(args.proposals, generator=g, dtype=torch.float64) * 20 + 0.5
+        videos.append((torch.stack([start, start + length], 1),
+                       torch.rand(args.proposals, generator=g, dtype=torch.float64),
+                       torch.randint(0, 20, (args.proposals,), generator=g)))
+    all_segs = torch.cat([v[0] for v in videos])
+    all_scores = torch.cat([v[1] for v in videos])
+    all_labels = torch.cat([v[2] for v in videos])
+    all_groups = torch.repeat_interleave(torch.arange(args.videos), args.proposals)
+    # name -> (function name in the module, callable over all videos)
+    cases: dict[str, tuple[str, Callable[[], Any]]] = {
+        "nms, per video": ("nms", lambda: [nms_mod.nms(s, c, args.iou) for s, c, _ in videos]),
+        "batched_nms, per video": (
+            "batched_nms", lambda: [nms_mod.batched_nms(s, c, lb, args.iou) for s, c, lb in videos]),
+        "batched_nms, one call (groups)": (
+            "batched_nms",
+            lambda: nms_mod.batched_nms(all_segs, all_scores, all_labels, args.iou, groups=all_groups)),
+        "soft_nms, per video": (
+            "soft_nms", lambda: [nms_mod.soft_nms(s, c, lb) for s, c, lb in videos]),
+    }
+    report: dict[str, Any] = {"benchmark": "nms", "videos": args.videos,
+                              "proposals_per_video": args.proposals, "iou": args.iou,
+                              "torch": torch.__version__, "seconds": {}}
+    print(f"nms benchmark: {args.videos} videos x {args.proposals} proposals, "
+          f"best of {args.repeat}")
+    print(f"{'':<34}{'total s':>9}{'ms/video':>10}")
+    for name, (fn_name, fn) in cases.items():
+        if not hasattr(nms_mod, fn_name):
+            print(f"{name:<34}{'missing':>9}")
+            continue
+        try:
+            times, _ = _timeit(fn, args.repeat)
+        except TypeError as e:  # the signature differs from the contract
+            print(f"{name:<34}error: {e}")
+            report["seconds"][name] = f"error: {e}"
+            continue
+        t = min(times)
+        report["seconds"][name] = t
+        print(f"{name:<34}{t:9.3f}{1000 * t / args.videos:10.2f}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("eval", help="detection evaluation vs the loop reference")
+    e.add_argument("--per-video", type=int, default=1000)
+    e.add_argument("--dataset", choices=sorted(DATASETS), default="thumos14",
+                   help="packaged ground truth to use (default: thumos14, its test subset)")
+    e.add_argument("--preset", default=None,
+                   help="default: thumos14_weak for THUMOS14, activitynet for ActivityNet")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--repeat", type=int, default=3)
+    e.add_argument("--ref-repeat", type=int, default=2)
+    n = sub.add_parser("nms", help="nms / batched_nms / soft_nms")
+    n.add_argument("--videos", type=int, default=100)
+    n.add_argument("--proposals", type=int, default=1000)
+    n.add_argument("--iou", type=float, default=0.5)
+    n.add_argument("--seed", type=int, default=0)
+    n.add_argument("--repeat", type=int, default=3)
+    for sp in (e, n):
+        sp.add_argument("--out", help="write the figures as JSON here")
+    args = p.parse_args(argv)
+    report = bench_eval(args) if args.command == "eval" else bench_nms(args)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"written to {args.out}")
+    return 0 if report.get("identical", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
