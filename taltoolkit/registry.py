@@ -98,4 +98,8 @@ def _main() -> None:
 
 
 if __name__ == "__main__":
-    _main()
+    # Run as a script this file is a second copy of the module; components register into
+    # the importable taltoolkit.registry, so list through that one.
+    from taltoolkit.registry import _main as _registry_main
+
+    _registry_main()

@@ -71,6 +71,7 @@ class Evaluator:
                 **{k: v for k, v in out.items() if not k.startswith("_")},
                 step_s=video.step_s,
                 offset_s=video.offset_s,
+                duration=video.duration,
             )
         return dets, outputs
 

@@ -26,7 +26,7 @@ def metrics_table(metrics: dict[str, Any]) -> str:
     row = ["mAP %", *[float(m) for m in metrics["mAP"]], float(metrics["average_mAP"])]
     text = format_table(headers, [row])
     if metrics.get("averages"):
-        text += "\n" + "  ".join(f"avg {k}: {v:.2f}" for k, v in metrics["averages"].items())
+        text += "\n" + "  ".join(f"{k}: {v:.2f}" for k, v in metrics["averages"].items())
     return text
 
 
