@@ -46,8 +46,14 @@ def output_dir_from(cfg: DictConfig) -> Path:
 
 def setup_logging(out_dir: Path) -> None:
     """Log to stderr and to ``out_dir/run.log`` (Hydra's own handlers are kept when present)."""
+    import os
+
     out_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Under torchrun only rank 0 writes the run's log; other ranks report warnings only.
+        root.setLevel(logging.WARNING)
+        return
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in root.handlers):
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))

@@ -26,3 +26,41 @@ def compose():
             return hydra_compose(config_name="config", overrides=overrides)
 
     return _compose
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """pytest-xdist runs one worker per core; more torch threads per worker only contend."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY_SYNTHETIC = [
+    "dataset.num_train=24",
+    "dataset.num_test=12",
+    "dataset.num_classes=5",
+    "dataset.feature_dim=32",
+    "dataset.max_steps=80",
+    "dataset.num_segments=64",
+    "dataset.max_seq_len=80",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path):
+    """Overrides for a run that takes seconds: tiny synthetic data, cache and outputs in tmp."""
+    return [
+        *TINY_SYNTHETIC,
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        f"output_dir={tmp_path / 'run'}",
+        "trainer.progress=false",
+        "trainer.batch_size=8",
+        "trainer.device=cpu",
+    ]

@@ -113,10 +113,13 @@ def gce_reference(p: torch.Tensor, q_t: torch.Tensor, gamma: float) -> torch.Ten
 def test_eq2_generalized_bce_matches_transcription() -> None:
     p = rand(2, 10) * 0.98 + 0.01
     target = (rand(2, 10) > 0.6).double()
-    torch.testing.assert_close(generalized_bce(p, target, q=0.7), gce_reference(p.flatten(), target.flatten(), 0.7))
+    # Eq. 2 is per video: N_pos / N_neg count that video's snippets; the batch loss is the mean.
+    per_video = [gce_reference(p[b], target[b], 0.7) for b in range(2)]
+    torch.testing.assert_close(generalized_bce(p, target, q=0.7), sum(per_video) / 2)
     mask = torch.ones(2, 10, dtype=torch.bool)
     mask[1, 6:] = False
-    torch.testing.assert_close(generalized_bce(p, target, q=0.7, mask=mask), gce_reference(p[mask], target[mask], 0.7))
+    per_video = [gce_reference(p[b][mask[b]], target[b][mask[b]], 0.7) for b in range(2)]
+    torch.testing.assert_close(generalized_bce(p, target, q=0.7, mask=mask), sum(per_video) / 2)
 
 
 def test_eq2_q_to_zero_is_bce() -> None:

@@ -9,6 +9,9 @@
           ``tests/reference_anet.py``; checks the numbers are bit-identical.
 ``nms``   ``nms`` / ``batched_nms`` / ``soft_nms`` from ``taltoolkit.postprocess.nms`` over
           many videos' worth of proposals.
+``train`` training throughput (videos/s) of a method on THUMOS-sized synthetic data
+          (200 videos, T = 750 sampled steps, 2048-d features), with and without
+          ``trainer.features_on_device``; ``--device cuda`` when a GPU is available.
 """
 from __future__ import annotations
 
@@ -267,6 +270,61 @@ def bench_nms(args: argparse.Namespace) -> dict:
     return report
 
 
+def bench_train(args: argparse.Namespace) -> dict:
+    """Epoch time of ``method`` through the real Trainer on in-memory THUMOS-sized data."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from taltoolkit.data.sampling import make_dataset
+    from taltoolkit.data.synthetic import generate_synthetic
+    from taltoolkit.data.views import label_view
+    from taltoolkit.engine.trainer import Trainer, seed_everything
+
+    t0 = time.perf_counter()
+    videos, classes = generate_synthetic(
+        "thumos", num_videos={"validation": args.videos, "test": 0}, num_classes=20,
+        feature_dim=args.feature_dim, seed=0, duration_scale=1.0, max_steps=None,
+    )
+    videos = label_view([v for v in videos if v.subset == "validation"], "weak")
+    steps = [v.num_steps for v in videos]
+    print(f"{len(videos)} videos, steps median {int(np.median(steps))} max {max(steps)}, "
+          f"{args.feature_dim}-d, generated in {time.perf_counter() - t0:.1f} s; device {args.device}, "
+          f"torch threads {torch.get_num_threads()}")
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"method={args.method}", *args.override])
+    report: dict[str, Any] = {"machine": _machine(), "method": args.method, "videos": len(videos),
+                              "num_segments": args.num_segments, "feature_dim": args.feature_dim,
+                              "batch_size": args.batch_size, "device": args.device, "runs": {}}
+    print(f"{'features_on_device':<20}{'s/epoch':>10}{'videos/s':>10}")
+    for on_device in (False, True):
+        seed_everything(0)
+        model = instantiate(cfg.model, in_dim=args.feature_dim, num_classes=len(classes)) if cfg.get("model") else None
+        method = instantiate(cfg.method, model=model)
+        trainer = Trainer(max_epochs=args.epochs + 1, batch_size=args.batch_size, device=args.device,
+                          features_on_device=on_device, progress=False, checkpoint_every=10**9)
+        with tempfile.TemporaryDirectory() as tmp:
+            result = trainer.fit(
+                method, videos,
+                lambda v, seed: make_dataset(method.sampling, v, True, seed, args.num_segments, args.num_segments),
+                predict_videos=lambda m, v: [], evaluate=None, out_dir=tmp,
+            )
+        secs = [r["seconds"] for r in result.history[1:]]  # the first epoch warms up
+        t = float(np.median(secs))
+        report["runs"][f"features_on_device={on_device}"] = {"seconds_per_epoch": t, "videos_per_s": len(videos) / t}
+        print(f"{str(on_device):<20}{t:10.2f}{len(videos) / t:10.1f}")
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -285,15 +343,32 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--iou", type=float, default=0.5)
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--repeat", type=int, default=3)
-    for sp in (e, n):
+    t = sub.add_parser("train", help="training throughput of a method on THUMOS-sized synthetic data")
+    t.add_argument("--method", default="case")
+    t.add_argument("--videos", type=int, default=200)
+    t.add_argument("--num-segments", type=int, default=750)
+    t.add_argument("--feature-dim", type=int, default=2048)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
+    t.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    t.add_argument("override", nargs="*", help="extra Hydra overrides, e.g. method.use_scc=false")
+    for sp in (e, n, t):
         sp.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
-    report = bench_eval(args) if args.command == "eval" else bench_nms(args)
+    report = {"eval": bench_eval, "nms": bench_nms, "train": bench_train}[args.command](args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
         print(f"written to {args.out}")
     return 0 if report.get("identical", True) else 1
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the feature model or the timing model changes: it is part of the cache key, so a
 # cache written by an older generator is never read as if it were current.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Real THUMOS'14 per-class median instance lengths (s), used when a thumos preset asks for its
 # 20 classes; other class counts draw medians from the same spread (ln-sd 0.55 around 3 s).
@@ -105,7 +105,12 @@ _THUMOS_GROUPS = (
     ("BaseballPitch", "GolfSwing", "TennisSwing"),
     ("BasketballDunk", "VolleyballSpiking", "SoccerPenalty", "FrisbeeCatch"), ("Billiards",), ("CleanAndJerk",),
 )
-SCENE_CLASS_SHARE = 0.35  # fraction of the scene variance that is class-typical (context bias)
+# Fraction of the scene variance that is class-typical (context bias). At 0.35 a linear probe
+# classified background snippets almost as well as action snippets (88 % vs 93 %), so MIL
+# had no reason to prefer actions and attention locked onto background; at 0.1 actions carry
+# clearly more class evidence (66 % vs 34 %), as in real videos where the scene hints at the
+# class but the action decides it.
+SCENE_CLASS_SHARE = 0.1
 INSTANCE_JITTER = 0.5  # per-instance deviation from the class direction, relative
 ACTIONNESS_MEAN = 0.6  # mean of the actionness direction: actions raise activations overall
 CONTEXT_S = 2.0  # seconds around an instance that carry some of its class pattern

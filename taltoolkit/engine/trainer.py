@@ -306,6 +306,12 @@ class Trainer:
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                     n_steps += 1
+                if self.distributed and sums:
+                    # Log the global batch's losses, not rank 0's half.
+                    keys = sorted(sums)
+                    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
+                    torch.distributed.all_reduce(t)
+                    sums = {k: float(v) / dist_utils.world_size() for k, v in zip(keys, t.tolist())}
                 row = {"stage": stage.name, "epoch": epoch, "lr": opt.param_groups[0]["lr"]}
                 row.update({k: v / max(1, n_steps) for k, v in sums.items()})
                 row.update(method.log_metrics())
@@ -322,12 +328,13 @@ class Trainer:
                     self._periodic_eval(method, evaluate, select_evaluate, result, best, stage, epoch)
                 if epoch == epochs - 1:
                     result.stage_metrics.append({"stage": stage.name, **method.stage_metrics()})
+                stopping = self.stop_after_epochs is not None and total_epochs_run >= self.stop_after_epochs
                 if epoch == epochs - 1:
                     # At a stage's end the next stage starts afresh (its hook runs, new optimizer).
                     self._save(ckpt_path, method, opt, sched, si + 1, 0, result)
-                elif (epoch + 1) % self.checkpoint_every == 0:
+                elif (epoch + 1) % self.checkpoint_every == 0 or stopping:
                     self._save(ckpt_path, method, opt, sched, si, epoch + 1, result)
-                if self.stop_after_epochs is not None and total_epochs_run >= self.stop_after_epochs:
+                if stopping:
                     log.warning("stopping after %d epochs (trainer.stop_after_epochs)", total_epochs_run)
                     result.selected = {"weights": "interrupted"}
                     return result

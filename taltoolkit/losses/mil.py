@@ -100,10 +100,12 @@ def video_ce_loss(video_logits: Tensor, labels: Tensor) -> Tensor:
 def generalized_bce(prob: Tensor, target: Tensor, q: float = 0.7, mask: Tensor | None = None) -> Tensor:
     """Generalized binary cross-entropy L_A (CASE Eq. 2; Zhang & Sabuncu's L_q with gamma = q).
 
-    Shapes: prob (B, T) or any shape, probabilities in [0, 1]; target same shape, 0/1 (soft
-    targets weight both terms); mask same shape, True = counted -> scalar.
-    ``mean_pos (1 - p^q) / q + mean_neg (1 - (1 - p)^q) / q``; both means are over the whole
-    batch (N_pos, N_neg count snippets of all videos), and an empty set contributes 0.
+    Shapes: prob (..., T) probabilities in [0, 1], the last axis one video's snippets; target
+    same shape, 0/1 (soft targets weight both terms); mask same shape, True = counted -> scalar.
+    Per video, as Eq. 2 is written: ``mean_pos (1 - p^q) / q + mean_neg (1 - (1 - p)^q) / q``
+    with N_pos, N_neg that video's counts (an empty set contributes 0); then the mean over
+    videos. Normalising per video (not per batch) also makes the loss of a batch the mean of
+    its videos' losses, so data-parallel ranks average to exactly the single-process value.
     As q -> 0 each term tends to the binary cross-entropy -log p / -log(1 - p).
     """
     target = target.to(prob.dtype)
@@ -116,4 +118,7 @@ def generalized_bce(prob: Tensor, target: Tensor, q: float = 0.7, mask: Tensor |
     p = prob.clamp(eps, 1 - eps)
     loss_pos = (1 - p.pow(q)) / q
     loss_neg = (1 - (1 - p).pow(q)) / q
-    return (pos * loss_pos).sum() / pos.sum().clamp_min(1e-12) + (neg * loss_neg).sum() / neg.sum().clamp_min(1e-12)
+    per_video = (pos * loss_pos).sum(-1) / pos.sum(-1).clamp_min(1e-12) + (neg * loss_neg).sum(-1) / neg.sum(
+        -1
+    ).clamp_min(1e-12)  # (...,)
+    return per_video.mean()

@@ -62,6 +62,7 @@ class CASE(Method):
         test_foreground: str = "fused",  # Table 6: fused P^M | attention P^A | transformed P^T
         fusion_weight: float = 0.5,  # P^M = w P^A + (1 - w) P^T, Sec. 4.3
         distributed_sinkhorn: bool = True,  # solve Sinkhorn over the global batch under torchrun
+        attention_warmup_epochs: int = 0,  # not in the paper (0 = paper): see docs/methods/case.md
     ) -> None:
         super().__init__()
         if scc_prior not in ("rank", "none"):
@@ -89,6 +90,8 @@ class CASE(Method):
         self.test_foreground = test_foreground
         self.fusion_weight = fusion_weight
         self.distributed_sinkhorn = distributed_sinkhorn
+        self.attention_warmup_epochs = attention_warmup_epochs
+        self._epoch = 0
         k = max(1, model.num_clusters)
         # Q^C: cluster -> (foreground, background) assignment of the last training step; it is
         # the prior of the next step's Eq. 11 and is used at test time (Sec. 4.3). Starts
@@ -120,7 +123,11 @@ class CASE(Method):
         x, mask, y = batch["features"], batch["mask"], batch["video_labels"]  # (B,T,D) (B,T) (B,G)
         out = self.model(x, mask)
         cas, att = out["cas"], out["attention"]  # (S,B,T,G) logits, (S,B,T) probabilities
-        combined = self._combined_scores(out, att)  # (B, T, G)
+        # During an optional warm-up the top-k (and so Q^A) come from the T-CAS alone: the
+        # attention's own ranking would otherwise pick its targets and can lock onto background
+        # before the classifier is informative (docs/methods/case.md, "Attention warm-up").
+        select_fg = att if self._epoch >= self.attention_warmup_epochs else torch.zeros_like(att)
+        combined = self._combined_scores(out, select_fg)  # (B, T, G)
         idx, counts = topk_mil_indices(combined, ratio=self.topk_ratio, mask=mask, return_counts=True)  # (B, k, G)
 
         # Eq. 1: video scores from the mean of the top-k raw CAS logits, per stream.
@@ -163,6 +170,9 @@ class CASE(Method):
                 self._last["H(Q^S)"] = float(-(q_s * q_s.clamp_min(1e-12).log()).sum(-1).mean())
         losses["loss"] = total  # Eq. 14
         return losses
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._epoch = epoch
 
     def _attention_targets(self, idx: torch.Tensor, y: torch.Tensor, t: int) -> torch.Tensor:
         """Q^A (B, T): 1 where a snippet is among the top-k of one of the video's classes."""
