@@ -26,7 +26,7 @@ def _torchrun(nproc: int, overrides: list[str], env_extra: dict[str, str]) -> su
 
 @pytest.mark.parametrize("variant", ["baseline", "case"])
 def test_two_process_case_matches_single_process(tmp_path, variant):
-    from tests.conftest import TINY_SYNTHETIC
+    from conftest import TINY_SYNTHETIC
 
     common = [
         "method=case", *TINY_SYNTHETIC, f"dataset.cache_dir={tmp_path / 'cache'}", "trainer.device=cpu",

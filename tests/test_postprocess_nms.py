@@ -13,15 +13,6 @@ from taltoolkit.postprocess.nms import batched_nms, nms, nms_voting, segment_iou
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    # These tests run thousands of small tensor ops. On a loaded machine torch's intra-op
-    # thread pool makes each such op wait for a descheduled worker (observed 100x slower);
-    # one thread keeps the file fast and changes no result. Restored afterwards.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ----------------------------------------------------------------------------- references

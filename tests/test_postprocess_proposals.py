@@ -13,13 +13,6 @@ from taltoolkit.registry import get
 from taltoolkit.structures import Detections, Video
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    # Small tensor ops only; a loaded machine makes torch's thread pool very slow for them.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def as_rows(det: Detections) -> list[tuple[int, float, float, float]]:

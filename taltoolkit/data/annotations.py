@@ -19,6 +19,7 @@ from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 
+from taltoolkit.jsonio import DuplicateKeyError, is_finite_number, strict_loads
 from taltoolkit.data.errors import DataError, preview
 
 # Packaged benchmark name -> (folder under taltoolkit/annotations, JSON file, W-TALC folder).
@@ -157,22 +158,7 @@ def load_annotations(path: str | os.PathLike, classes: list[str] | None = None) 
 
 
 # --------------------------------------------------------------------------- JSON
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.load silently keeps the last of duplicate keys, which would hide a duplicated video.
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and bool(np.isfinite(x))
+_number = is_finite_number
 
 
 def load_activitynet_json(path: str | os.PathLike, classes: list[str] | None = None) -> AnnotationSet:
@@ -190,9 +176,9 @@ def load_activitynet_json(path: str | os.PathLike, classes: list[str] | None = N
     except OSError as e:
         raise DataError(f"annotation file {path} cannot be read ({e}): {fix}") from None
     try:
-        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-    except _DuplicateKey as e:
-        raise DataError(f"annotation file {path}: key {e.args[0]!r} appears twice; remove the duplicate") from None
+        data = strict_loads(text)
+    except DuplicateKeyError as e:
+        raise DataError(f"annotation file {path}: key {e.key!r} appears twice; remove the duplicate") from None
     except json.JSONDecodeError as e:
         raise DataError(f"annotation file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}): {fix}") from None
     if not isinstance(data, dict) or not isinstance(data.get("database"), dict):

@@ -109,14 +109,11 @@ def collate_fixed(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return _collate_common(items, max(it["features"].shape[0] for it in items))
 
 
-class FixedLengthDataset(Dataset):
-    """WTAL sampling: ``num_segments`` steps per video while training, whole video at test."""
+class _EpochSeededVideos(Dataset):
+    """Videos plus the (seed, epoch) that seed each item's random choices."""
 
-    def __init__(self, videos: Sequence[Video], num_segments: int, training: bool, seed: int = 0) -> None:
-        if num_segments < 1:
-            raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+    def __init__(self, videos: Sequence[Video], training: bool, seed: int) -> None:
         self.videos = list(videos)
-        self.num_segments = int(num_segments)
         self.training = bool(training)
         self.seed = int(seed)
         self.epoch = 0
@@ -126,6 +123,16 @@ class FixedLengthDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.videos)
+
+
+class FixedLengthDataset(_EpochSeededVideos):
+    """WTAL sampling: ``num_segments`` steps per video while training, whole video at test."""
+
+    def __init__(self, videos: Sequence[Video], num_segments: int, training: bool, seed: int = 0) -> None:
+        if num_segments < 1:
+            raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        super().__init__(videos, training, seed)
+        self.num_segments = int(num_segments)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         v = self.videos[index]
@@ -208,7 +215,7 @@ def collate_variable(
     return batch
 
 
-class VariableLengthDataset(Dataset):
+class VariableLengthDataset(_EpochSeededVideos):
     """ActionFormer-style items: random crops of at most ``max_seq_len`` steps while training."""
 
     def __init__(
@@ -224,21 +231,12 @@ class VariableLengthDataset(Dataset):
     ) -> None:
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
-        self.videos = list(videos)
+        super().__init__(videos, training, seed)
         self.max_seq_len = int(max_seq_len)
-        self.training = bool(training)
         self.crop_ratio = None if crop_ratio is None else (float(crop_ratio[0]), float(crop_ratio[1]))
-        self.seed = int(seed)
         self.trunc_thresh = float(trunc_thresh)
         self.max_trials = int(max_trials)
         self.pad_multiple = int(pad_multiple)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.videos)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         v = self.videos[index]

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from taltoolkit.jsonio import DuplicateKeyError, is_finite_number, strict_loads
 from taltoolkit.structures import Detections
 
 __all__ = ["ResultsFormatError", "write_results_json", "read_results_json"]
@@ -129,21 +129,7 @@ def write_results_json(
 # ----------------------------------------------------------------------------- reading
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _DuplicateKey(k)
-        out[k] = v
-    return out
-
-
-def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+_number = is_finite_number
 
 
 def read_results_json(path: str | os.PathLike, classes: Optional[Sequence[str]] = None) -> dict[str, Detections]:
@@ -160,9 +146,9 @@ def read_results_json(path: str | os.PathLike, classes: Optional[Sequence[str]] 
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: results file not found") from None
     try:
-        doc = json.loads(raw, object_pairs_hook=_no_duplicates)
-    except _DuplicateKey as e:
-        raise ResultsFormatError(f"{path}: key {e.args[0]!r} appears twice in one JSON object") from None
+        doc = strict_loads(raw)
+    except DuplicateKeyError as e:
+        raise ResultsFormatError(f"{path}: key {e.key!r} appears twice in one JSON object") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResultsFormatError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
