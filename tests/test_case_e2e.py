@@ -114,3 +114,31 @@ def test_case_on_thumos14_config_in_each_real_layout(compose, tmp_path, layout):
     assert metrics["dataset"] == "thumos14"
     assert sum(metrics["num_ground_truth"].values()) == 3358  # every real THUMOS14 test instance counts
     assert np.isfinite(metrics["average_mAP"])
+
+
+def test_wandb_logger_is_opt_in_and_offline(compose, tiny_overrides, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    assert compose(["method=case"]).logger.wandb is False  # off by default
+    cfg = compose(["method=case", "logger=wandb", "trainer.max_epochs=1", *tiny_overrides])
+    assert cfg.logger.mode == "offline"
+    taltoolkit.run(cfg)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline wandb run was written"
+
+
+@pytest.mark.parametrize("selection", ["held_out", "test"])
+def test_model_selection_is_explicit_and_recorded(compose, tiny_overrides, selection, caplog):
+    cfg = compose(["method=case", "trainer.max_epochs=2", "trainer.eval_every=1",
+                   f"trainer.model_selection={selection}", *tiny_overrides])
+    with caplog.at_level("INFO", logger="taltoolkit"):
+        metrics = taltoolkit.run(cfg)
+    chosen = metrics["model_selection"]
+    assert chosen["weights"] == f"best on {selection}"
+    assert "epoch" in chosen
+    assert all("test_average_mAP" in e for e in metrics["evaluations"])
+    if selection == "test":
+        assert any("MODEL SELECTED ON THE TEST SET" in r.message for r in caplog.records)
+    else:
+        assert all("held_out_average_mAP" in e for e in metrics["evaluations"])
+        assert any("held-out training videos" in r.message for r in caplog.records)
