@@ -58,12 +58,23 @@ def setup_logging(out_dir: Path) -> None:
         h = logging.StreamHandler(sys.stderr)
         h.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
         root.addHandler(h)
+    for h in root.handlers:
+        if not isinstance(h, logging.FileHandler) and not any(isinstance(f, ConsoleFilter) for f in h.filters):
+            h.addFilter(ConsoleFilter())
     log_file = out_dir / "run.log"
     if not any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == log_file.resolve() for h in root.handlers):
         fh = logging.FileHandler(log_file)
         fh.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s"))
         root.addHandler(fh)
     root.setLevel(logging.INFO)
+
+
+class ConsoleFilter(logging.Filter):
+    """Keeps records logged with ``extra={"console": False}`` (per-epoch rows while a progress
+    bar shows the same numbers) out of the terminal; they still go to run.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "console", True)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -318,9 +318,11 @@ class Trainer:
                 row["seconds"] = time.perf_counter() - t0
                 row["videos_per_s"] = n_steps * self.batch_size / max(row["seconds"], 1e-9)
                 result.history.append(row)
-                if hasattr(bar, "set_postfix"):
+                # With a progress bar on screen the row goes to run.log only (entry.ConsoleFilter).
+                bar_shown = hasattr(bar, "set_postfix")
+                if bar_shown:
                     bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-                log.info("%s epoch %d: %s", stage.name, epoch, _fmt_row(row))
+                log.info("%s epoch %d: %s", stage.name, epoch, _fmt_row(row), extra={"console": not bar_shown})
                 total_epochs_run += 1
 
                 is_last_epoch = si == len(stages) - 1 and epoch == epochs - 1
