@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from taltoolkit.data.sampling import make_dataset
+    from taltoolkit.engine.checkpoint import atomic_write_bytes
     from taltoolkit.engine import distributed as dist_utils
     from taltoolkit.engine.evaluator import Evaluator
     from taltoolkit.engine.logger import RunLogger
@@ -93,7 +95,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     setup_logging(out_dir)
     seed_everything(int(cfg.seed))
     if dist_utils.is_main():
-        (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        yaml_text = OmegaConf.to_yaml(cfg, resolve=True).encode()
+        atomic_write_bytes(out_dir / "config.yaml", lambda f: f.write(yaml_text))
 
     dataset = _instantiate(cfg.dataset, "dataset")
     trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
@@ -120,13 +123,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tiou = list(ev_cfg.get("tiou_thresholds") or preset.tiou_thresholds)
     subset = ev_cfg.get("subset") or dataset.test_subset
 
-    def make_test_dataset(videos):  # noqa: ANN001, ANN202
-        return make_dataset(method.sampling, videos, training=False, num_segments=dataset.num_segments,
-                            max_seq_len=dataset.max_seq_len)
+    def sampler(videos, training: bool, seed: int = 0):  # noqa: ANN001, ANN202
+        return make_dataset(method.sampling, videos, training=training, seed=seed,
+                            num_segments=dataset.num_segments, max_seq_len=dataset.max_seq_len)
+
+    make_test_dataset = partial(sampler, training=False)
 
     def make_train_dataset(videos, seed):  # noqa: ANN001, ANN202
-        return make_dataset(method.sampling, videos, training=True, seed=seed, num_segments=dataset.num_segments,
-                            max_seq_len=dataset.max_seq_len)
+        return sampler(videos, training=True, seed=seed)
 
     evaluator = Evaluator(
         test_videos, dataset.classes, dataset.ground_truth(subset), subset, tiou, postprocess,
@@ -162,7 +166,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if dist_utils.is_main():
         metrics, dets, outputs = evaluator.evaluate(method)
         metrics.update(
-            method=cfg.get("method_name") or type(method).__name__,
+            method=type(method).__name__,
             dataset=dataset.name,
             label_mode=label_mode,
             subset=subset,
