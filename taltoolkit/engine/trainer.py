@@ -171,14 +171,9 @@ class Trainer:
         return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     # ------------------------------------------------------------------ data
-    def make_loader(
-        self, dataset: torch.utils.data.Dataset, collate: Callable, *, train: bool, seed: int
-    ) -> DataLoader:
-        n = len(dataset)  # type: ignore[arg-type]
-        if train:
-            sampler = GlobalBatchSampler(n, self.batch_size, shuffle=True, drop_last=self.drop_last, seed=seed)
-            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
-        return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
+    def make_train_loader(self, dataset: torch.utils.data.Dataset, collate: Callable, seed: int) -> DataLoader:
+        sampler = GlobalBatchSampler(len(dataset), self.batch_size, shuffle=True, drop_last=self.drop_last, seed=seed)  # type: ignore[arg-type]
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -255,7 +250,7 @@ class Trainer:
                 bank = FeatureBank(videos["current"], self.device)
                 dataset = PositionsOnly(dataset)
                 log.info("features on %s: %.1f MB", self.device, bank.nbytes / 2**20)
-            loader = self.make_loader(dataset, collate, train=True, seed=seed + 7919 * si)
+            loader = self.make_train_loader(dataset, collate, seed=seed + 7919 * si)
             params = [p for p in method.parameters() if p.requires_grad]
             if not params:
                 raise RuntimeError(f"stage {stage.name!r} of {type(method).__name__} has no trainable parameter")
