@@ -1,4 +1,6 @@
 """Backbones, heads and branches. Importing the package registers them."""
+from taltoolkit.models.acmnet import ACMNet
+from taltoolkit.models.memory import MemoryBranch
 from taltoolkit.models.wtal import TwoStreamWTAL
 
-__all__ = ["TwoStreamWTAL"]
+__all__ = ["ACMNet", "MemoryBranch", "TwoStreamWTAL"]
