@@ -80,6 +80,15 @@ class ConsoleFilter(logging.Filter):
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one method on one dataset; returns the metrics written to metrics.json."""
+    from taltoolkit.engine import distributed as dist_utils
+
+    try:
+        return _run(cfg)
+    finally:
+        dist_utils.cleanup()  # under torchrun: leave the process group before the process exits
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from taltoolkit.data.sampling import make_dataset

@@ -68,3 +68,10 @@ def all_gather_tensor(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, 0)
+
+
+def cleanup() -> None:
+    """Leave the process group. Exiting with it alive can abort the process (gloo's threads
+    are still joinable at interpreter shutdown: "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
