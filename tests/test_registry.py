@@ -1,12 +1,12 @@
 """Every registered component has a conf yaml pointing at it, whose keys its signature accepts."""
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from taltoolkit.registry import KINDS, list_components
@@ -48,19 +48,6 @@ def _walk_raw(node: Any, path: str) -> Iterator[tuple[str, DictConfig]]:
                 yield from _walk_raw(child, f"{path}[{i}]")
 
 
-def _resolve_target(target: str) -> Any:
-    module, _, attr = target.rpartition(".")
-    try:
-        obj = importlib.import_module(module)
-        for part in [attr]:
-            obj = getattr(obj, part)
-        return obj
-    except (ImportError, AttributeError):
-        # nested qualname (Class.method)
-        mod, _, cls = module.rpartition(".")
-        return getattr(getattr(importlib.import_module(mod), cls), attr)
-
-
 COMPONENTS = list_components()
 TARGETS = conf_targets()
 
@@ -84,7 +71,7 @@ def test_conf_target_is_registered_and_keys_match_signature(where, target, node)
     registered = {c.target: c for c in COMPONENTS}
     assert target in registered, f"{where}: _target_ {target} is not a registered component"
     comp = registered[target]
-    obj = _resolve_target(target)
+    obj = get_object(target)
     assert obj is comp.obj
     sig = inspect.signature(obj)
     params = sig.parameters

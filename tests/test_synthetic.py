@@ -219,12 +219,18 @@ def test_registered_and_buildable_by_hydra(tmp_path):
 
 
 # --------------------------------------------------------------------------- tool
-def test_tool_writes_and_prints_statistics(tmp_path, capsys):
+def _tool():
+    """tools/make_synthetic.py as a module (tools/ is not a package)."""
     sys.path.insert(0, str(REPO / "tools"))
     try:
         import make_synthetic
     finally:
         sys.path.pop(0)
+    return make_synthetic
+
+
+def test_tool_writes_and_prints_statistics(tmp_path, capsys):
+    make_synthetic = _tool()
     from taltoolkit.data.writers import read_layout
 
     out = tmp_path / "synth"
@@ -249,11 +255,7 @@ def test_tool_help_is_cheap():
 
 def test_tool_from_annotations_is_a_drop_in_for_real_thumos14(tmp_path, capsys):
     """Real ground truth + W-TALC file name: ``dataset=thumos14 dataset.root=DIR`` reads it."""
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import make_synthetic
-    finally:
-        sys.path.pop(0)
+    make_synthetic = _tool()
     from taltoolkit.data.dataset import TALDataset
 
     out = tmp_path / "thumos14"

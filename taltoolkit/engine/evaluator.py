@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from taltoolkit.engine.method import Method
+from taltoolkit.engine.trainer import move_batch
 from taltoolkit.evaluation import detection_map
 from taltoolkit.structures import Detections, Video
 
@@ -57,7 +58,7 @@ class Evaluator:
 
             it = tqdm(loader, desc="predict", unit="video", leave=False, dynamic_ncols=True)
         for batch in it:
-            batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            batch = move_batch(batch, self.device)
             for out in method.predict(batch):
                 outputs.append({k: _to_numpy(v) for k, v in out.items()})
         method.train(was_training)

@@ -30,6 +30,19 @@ log = logging.getLogger("taltoolkit")
 MODEL_SELECTIONS = ("last", "held_out", "test")
 
 
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """A collated batch on ``device``: tensors and lists of tensors (per-video segments) move."""
+    out: dict[str, Any] = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            out[k] = v.to(device, non_blocking=True)
+        elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            out[k] = [t.to(device, non_blocking=True) for t in v]
+        else:
+            out[k] = v
+    return out
+
+
 class GlobalBatchSampler(Sampler[list[int]]):
     """Seeded per-epoch shuffle cut into global batches; each rank takes its slice.
 
@@ -175,16 +188,6 @@ class Trainer:
         sampler = GlobalBatchSampler(len(dataset), self.batch_size, shuffle=True, drop_last=self.drop_last, seed=seed)  # type: ignore[arg-type]
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
 
-    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        out = {}
-        for k, v in batch.items():
-            if isinstance(v, torch.Tensor):
-                out[k] = v.to(self.device, non_blocking=True)
-            elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-                out[k] = [t.to(self.device, non_blocking=True) for t in v]
-            else:
-                out[k] = v
-        return out
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -278,7 +281,7 @@ class Trainer:
                 sums: dict[str, float] = {}
                 n_steps, t0 = 0, time.perf_counter()
                 for batch in loader:
-                    batch = self.to_device(batch)
+                    batch = move_batch(batch, self.device)
                     if bank is not None:
                         batch["features"] = bank.gather(batch["index"], batch["positions"], batch["mask"])
                     with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
