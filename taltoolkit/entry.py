@@ -158,6 +158,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         log.info("model selection on %d held-out training videos (trainer.model_selection=held_out)", len(held_full))
 
     run_logger = RunLogger.from_config(cfg.get("logger"), out_dir, cfg)
+    train_names = {v.name for v in train_videos}
     fit = trainer.fit(
         method,
         train_videos,
@@ -167,6 +168,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         out_dir,
         seed=int(cfg.seed),
         select_evaluate=select_eval,
+        reference_videos={v.name: v for v in dataset.all_videos() if v.name in train_names},
     )
     if fit.selected.get("weights") == "interrupted":
         return {"interrupted": True, "history": fit.history}

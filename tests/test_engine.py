@@ -193,3 +193,18 @@ def test_feature_bank_gathers_what_the_loader_would():
         assert lb["features"].shape[-1] == 0
         got = bank.gather(lb["index"], lb["positions"], lb["mask"])
         assert torch.equal(got, full["features"]), sampling
+
+
+def test_stage_context_carries_reference_videos(tmp_path):
+    seen = []
+
+    class Capture(ToyMethod):
+        def on_stage_start(self, stage, context):
+            seen.append(dict(context.reference_videos))
+
+    trainer = Trainer(batch_size=8, lr=1e-2, device="cpu", progress=False)
+    trainer.fit(
+        Capture(), list(range(24)), lambda videos, seed: (ToyData(len(videos), seed), collate),
+        predict_videos=lambda m, v: [], evaluate=None, out_dir=tmp_path, reference_videos={"a": "full-a"},
+    )
+    assert seen == [{"a": "full-a"}, {"a": "full-a"}]

@@ -43,6 +43,10 @@ class StageContext:
     # True when a run resumes in the middle of this stage: state computed at the stage's
     # start (pseudo-labels) was restored from the checkpoint and must not be recomputed.
     resumed: bool = False
+    # Full-label records of the training videos by name, for *metrics only* (COPL's cluster
+    # purity, APL's pseudo-label accuracy against the hidden ground truth). A method must
+    # never train on them; under label_mode=full they equal the training videos.
+    reference_videos: dict[str, Video] = field(default_factory=dict)
 
 
 class Method(nn.Module):

@@ -200,6 +200,7 @@ class Trainer:
         out_dir: Path,
         seed: int = 0,
         select_evaluate: Callable[[Method], dict[str, Any]] | None = None,
+        reference_videos: dict[str, Video] | None = None,
     ) -> FitResult:
         """Train ``method`` through its stages.
 
@@ -207,7 +208,9 @@ class Trainer:
         ``predict_videos(method, videos)`` runs inference (for stage hooks);
         ``evaluate(method)`` returns a metrics dict with ``average_mAP`` (periodic evaluation
         on the test set, reported but never used for selection unless
-        ``model_selection=test``); ``select_evaluate`` evaluates on the held-out split.
+        ``model_selection=test``); ``select_evaluate`` evaluates on the held-out split;
+        ``reference_videos`` (name -> full-label record) reach the method's stage hooks for
+        metrics against hidden labels (:class:`StageContext`).
         """
         method.to(self.device)
         out_dir = Path(out_dir)
@@ -245,6 +248,7 @@ class Trainer:
                 stage_index=si,
                 set_train_videos=set_train_videos,
                 resumed=resume_state is not None and si == start_stage and first_epoch > 0,
+                reference_videos=dict(reference_videos or {}),
             )
             method.on_stage_start(stage, context)
             dataset, collate = make_train_dataset(videos["current"], seed + 7919 * si)
