@@ -92,12 +92,12 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from taltoolkit.data.sampling import make_dataset
-    from taltoolkit.engine.checkpoint import atomic_write_bytes
+    from taltoolkit.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
     from taltoolkit.engine import distributed as dist_utils
     from taltoolkit.engine.evaluator import Evaluator
     from taltoolkit.engine.logger import RunLogger
     from taltoolkit.engine.reporting import write_run_outputs
-    from taltoolkit.engine.trainer import Trainer, seed_everything
+    from taltoolkit.engine.trainer import FitResult, Trainer, seed_everything
     from taltoolkit.evaluation.presets import default_preset, get_preset
 
     out_dir = output_dir_from(cfg)
@@ -112,12 +112,21 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     model = None
     if cfg.get("model") is not None:
         model = _instantiate(cfg.model, "model", in_dim=dataset.feature_dim, num_classes=dataset.num_classes)
-    method = _instantiate(cfg.method, "method", model=model)
+    extra: dict[str, Any] = {}
+    # memory_branch=none composes to a node without _target_ (empty, or holding a
+    # method_dataset's tweaks for when the branch is on).
+    if cfg.get("memory_branch") and "_target_" in cfg.memory_branch:
+        extra["memory_branch"] = _memory_branch(cfg)
+    method = _instantiate(cfg.method, "method", model=model, **extra)
     postprocess = _instantiate(cfg.postprocess, "postprocess", _partial_=True)
 
     label_mode = cfg.get("label_mode") or method.label_mode
     train_videos = dataset.train_videos(
-        label_mode=label_mode, labelled_fraction=cfg.get("labelled_fraction"), split_seed=int(cfg.get("split_seed", 0))
+        label_mode=label_mode,
+        # A top-level labelled_fraction wins; else the method's own default (APL: method.labelled_fraction).
+        labelled_fraction=cfg.get("labelled_fraction") if cfg.get("labelled_fraction") is not None
+        else getattr(method, "labelled_fraction", None),
+        split_seed=int(cfg.get("split_seed", 0))
     )
     test_videos = dataset.test_videos()
     log.info(
@@ -158,20 +167,32 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         log.info("model selection on %d held-out training videos (trainer.model_selection=held_out)", len(held_full))
 
     run_logger = RunLogger.from_config(cfg.get("logger"), out_dir, cfg)
-    train_names = {v.name for v in train_videos}
-    fit = trainer.fit(
-        method,
-        train_videos,
-        make_train_dataset,
-        evaluator.predict,
-        (lambda m: evaluator.evaluate(m)[0]),
-        out_dir,
-        seed=int(cfg.seed),
-        select_evaluate=select_eval,
-        reference_videos={v.name: v for v in dataset.all_videos() if v.name in train_names},
-    )
-    if fit.selected.get("weights") == "interrupted":
-        return {"interrupted": True, "history": fit.history}
+    if cfg.get("weights"):
+        # Evaluation only: weights of an earlier run (its checkpoints/inference.pt or last.ckpt).
+        state = load_checkpoint(cfg.weights, map_location=trainer.device)
+        method.load_state_dict(state["method"])
+        method.load_extra_state(state.get("method_extra", {}))
+        method.to(trainer.device)
+        fit = FitResult(selected={"weights": str(cfg.weights), "note": "evaluation only (weights=...)"})
+        log.info("evaluating the weights in %s (no training)", cfg.weights)
+    else:
+        train_names = {v.name for v in train_videos}
+        fit = trainer.fit(
+            method,
+            train_videos,
+            make_train_dataset,
+            evaluator.predict,
+            (lambda m: evaluator.evaluate(m)[0]),
+            out_dir,
+            seed=int(cfg.seed),
+            select_evaluate=select_eval,
+            reference_videos={v.name: v for v in dataset.all_videos() if v.name in train_names},
+        )
+        if fit.selected.get("weights") == "interrupted":
+            return {"interrupted": True, "history": fit.history}
+        if dist_utils.is_main():
+            save_checkpoint(out_dir / "checkpoints" / "inference.pt",
+                            {"method": method.inference_state_dict(), "method_extra": method.extra_state()})
 
     metrics: dict[str, Any] = {}
     if dist_utils.is_main():
@@ -197,6 +218,21 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def _memory_branch(cfg: DictConfig) -> Any:
+    """The memory branch partial for methods that can carry one (``memory_branch=rmgcl``)."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    target = cfg.method.get("_target_")
+    if target is None or "memory_branch" not in inspect.signature(get_object(target)).parameters:
+        raise ValueError(
+            f"memory_branch={cfg.memory_branch.get('_target_')} was given but method {target} cannot carry a "
+            "memory branch; methods that can: method=rmgcl, method=case (or drop memory_branch=...)"
+        )
+    return _instantiate(cfg.memory_branch, "memory_branch", _partial_=True)
+
+
 def _split_held_out(videos, fraction: float, seed: int):  # noqa: ANN001, ANN202
     import numpy as np
 
@@ -207,7 +243,7 @@ def _split_held_out(videos, fraction: float, seed: int):  # noqa: ANN001, ANN202
 
 
 def dump_json(path: Path, obj: Any) -> None:
-    from taltoolkit.engine.checkpoint import atomic_write_bytes
+    from taltoolkit.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 
     atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default).encode()))
 

@@ -289,3 +289,20 @@ def test_pseudo_loss_gradients() -> None:
     assert cam.grad.abs().sum() > 0 and pseudo.grad is None  # a detached label without D_t
     uncertainty_weighted_pseudo_loss(cam, pseudo, use_uncertainty=False, detach_target=False).backward()
     assert pseudo.grad.abs().sum() > 0
+
+
+def test_literal_eq16_drifts_to_large_uncertainty_and_detached_weight_does_not() -> None:
+    """Minimising Eq. 16 literally over D_t drives it to ln(CE / rho); a fixed weight pulls D_t to 0."""
+    torch.manual_seed(0)
+    target = torch.tensor([[[4.0, 0.0, 0.0]]])  # the pseudo-TCAM, held fixed
+    results = {}
+    for detach in (False, True):
+        cam = torch.tensor([[[0.0, 2.0, 0.0]]], requires_grad=True)  # disagrees with it
+        opt = torch.optim.SGD([cam], lr=0.5)
+        for _ in range(400):
+            opt.zero_grad()
+            uncertainty_weighted_pseudo_loss(cam, target, rho=1e-3, detach_weight=detach).backward()
+            opt.step()
+        results[detach] = float(segment_uncertainty(cam, target))
+    assert results[False] > 3.0  # drifted: the pseudo-label's weight exp(-D) is < 5 %
+    assert results[True] < 0.5  # learned from the pseudo-label

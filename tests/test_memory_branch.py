@@ -51,6 +51,7 @@ def test_registered_and_paper_defaults() -> None:
     assert defaults["num_codewords"] == 40 and defaults["warmup_epochs"] == 50
     assert defaults["ncl_lambda"] == 0.5 and defaults["ncl_q"] == 0.2 and defaults["rho"] == 0.001
     assert defaults["aggregation"] == "nonparametric"
+    assert defaults["pseudo_weight"] == 1.0 and defaults["contrastive_weight"] == 0.1  # gamma, mu of Eq. 17
     assert all(defaults[k] for k in ("use_contrastive", "use_summarization", "use_uncertainty", "background"))
     branch = small_branch()
     assert branch.memory.shape == (C + 1, 4, H)  # (C+1, q, D), background row last
@@ -242,6 +243,18 @@ def test_ablation_switches() -> None:
     for kw in ({"queue_length": 7}, {"num_codewords": 5}):
         b = small_branch(**kw)
         assert b.memory.shape[1] == b.queue_length and b.summary.shape[0] == b.num_codewords
+
+
+def test_weighted_loss_is_the_branch_share_of_eq17() -> None:
+    torch.manual_seed(0)
+    net = ACMNet(D, C, hidden_dim=H, dropout=0.0)
+    x, mask, y = batch()
+    branch = small_branch(pseudo_weight=0.7, contrastive_weight=0.3)
+    for _ in range(2):  # the second step contrasts against a non-empty memory
+        _, res = run(branch, net, x, mask, y)
+    losses = res["losses"]
+    assert float(losses["loss_ncl"]) > 0 and float(losses["loss_pseudo"]) > 0
+    torch.testing.assert_close(res["loss"], 0.7 * losses["loss_pseudo"] + 0.3 * losses["loss_ncl"])
 
 
 def test_update_can_be_left_to_the_caller() -> None:

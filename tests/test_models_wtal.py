@@ -82,3 +82,16 @@ def test_dropout_and_errors() -> None:
 
 def test_registered() -> None:
     assert get("backbone", "two_stream_wtal").obj is TwoStreamWTAL
+
+
+def test_classify_reproduces_the_cas_from_cls_embeddings():
+    import torch
+
+    from taltoolkit.models.wtal import TwoStreamWTAL
+
+    torch.manual_seed(0)
+    net = TwoStreamWTAL(in_dim=16, num_classes=3, hidden_dim=8, num_clusters=4).eval()
+    out = net(torch.randn(2, 5, 16))
+    assert out["cls_embeddings"].shape == (2, 2, 5, 8)
+    for s in range(2):
+        torch.testing.assert_close(net.classify(out["cls_embeddings"][s], s), out["cas"][s])

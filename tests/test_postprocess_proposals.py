@@ -130,6 +130,20 @@ def test_actionness_levels_and_masked_contrast():
     assert len(det) == 0
 
 
+def test_masked_cas_contrast_masks_cas_levels_only():
+    # ACM-Net: a CAS level's run is scored on the CAS masked by the level; an actionness
+    # level's run on the raw CAS.
+    cas = np.array([[0.2], [0.4], [0.6], [0.4], [0.2], [0.3]])
+    act = np.array([0.1, 0.1, 0.9, 0.1, 0.1, 0.1])
+    det = cas_to_proposals(cas, [0.5], act, step_s=1.0, cas_thresholds=[0.35], actionness_thresholds=[0.5],
+                           upsample=1, inflation=0.25, score_weight=0.0, nms="none", contrast="masked_cas")
+    masked_cas_run = (0, (0.4 + 0.6 + 0.4) / 3 - 0.0, 1.0, 4.0)  # outer steps 0 and 4 below 0.35 -> 0
+    raw_act_run = (0, 0.6 - (0.4 + 0.4) / 2, 2.0, 3.0)  # outer steps 1 and 3 unmasked
+    assert sorted(as_rows(det), key=lambda r: r[2]) == approx_rows([masked_cas_run, raw_act_run])
+    with pytest.raises(ValueError, match="contrast"):
+        cas_to_proposals(cas, [0.5], step_s=1.0, contrast="bogus")
+
+
 def test_oic_clipped_outer_region_and_several_runs():
     # Two runs at level 0.5 in one class: [0, 2) touches the start (no left outer region),
     # [5, 9) has ceil(0.3 * 4) = 2 outer steps each side, the right side clipped at T = 10.

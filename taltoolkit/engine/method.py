@@ -85,6 +85,14 @@ class Method(nn.Module):
         """Per-video outputs that the configured post-processor turns into detections."""
         raise NotImplementedError
 
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights that inference needs, written to ``checkpoints/inference.pt`` at the end of a run.
+
+        ``load_state_dict`` must accept it. Methods with training-only state (RMGCL's memory
+        bank) leave it out; the default is the whole state dict.
+        """
+        return self.state_dict()
+
     def extra_state(self) -> dict[str, Any]:
         """Picklable state that is not a parameter or buffer (pseudo-labels, iteration)."""
         return {}

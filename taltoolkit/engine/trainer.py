@@ -284,6 +284,7 @@ class Trainer:
                 loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
                 sums: dict[str, float] = {}
                 n_steps, t0 = 0, time.perf_counter()
+                epoch_lr = opt.param_groups[0]["lr"]  # the rate of the epoch's first step (the log shows it)
                 for batch in loader:
                     batch = move_batch(batch, self.device)
                     if bank is not None:
@@ -314,7 +315,7 @@ class Trainer:
                     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
                     torch.distributed.all_reduce(t)
                     sums = {k: float(v) / dist_utils.world_size() for k, v in zip(keys, t.tolist())}
-                row = {"stage": stage.name, "epoch": epoch, "lr": opt.param_groups[0]["lr"]}
+                row = {"stage": stage.name, "epoch": epoch, "lr": epoch_lr}
                 row.update({k: v / max(1, n_steps) for k, v in sums.items()})
                 row.update(method.log_metrics())
                 row["seconds"] = time.perf_counter() - t0

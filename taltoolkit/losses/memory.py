@@ -210,6 +210,7 @@ def uncertainty_weighted_pseudo_loss(
     rho: float = 0.001,
     use_uncertainty: bool = True,
     detach_target: bool = True,
+    detach_weight: bool = False,
 ) -> Tensor:
     """Uncertainty-weighted pseudo-label supervision L_ps (Eq. 16), mean over videos.
 
@@ -227,13 +228,17 @@ def uncertainty_weighted_pseudo_loss(
     there; D_t keeps the gradients of both sides in both places, as Eq. 16 is written (the
     rho D_t term exists, the paper says, to stop the model from predicting ever larger
     variances, which it can only do if D_t is differentiable inside exp(-D_t)).
+    ``detach_weight=True`` stops the gradient through the weight exp(-D_t) only: the
+    literal form is minimised per step at ``D_t = ln(CE / rho)`` (about 8 for rho = 1e-3),
+    where the pseudo-labels no longer teach anything (docs/methods/rmgcl.md).
     """
     log_a = F.log_softmax(cam_logits, dim=-1)  # (B, T, K)
     target = F.softmax(pseudo_logits.detach() if detach_target else pseudo_logits, dim=-1)
     ce = -(target * log_a).sum(-1)  # (B, T)
     if use_uncertainty:
         d = segment_uncertainty(cam_logits, pseudo_logits)  # (B, T), Eq. 15
-        per_step = torch.exp(-d) * ce + rho * d
+        weight_d = d.detach() if detach_weight else d
+        per_step = torch.exp(-weight_d) * ce + rho * d
     else:
         per_step = ce
     weight = torch.ones_like(per_step) if mask is None else mask.to(per_step.dtype)

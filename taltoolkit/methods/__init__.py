@@ -1,4 +1,5 @@
 """Methods: one module per paper. Importing the package registers them."""
 from taltoolkit.methods.case import CASE
+from taltoolkit.methods.rmgcl import RMGCL
 
-__all__ = ["CASE"]
+__all__ = ["CASE", "RMGCL"]

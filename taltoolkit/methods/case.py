@@ -12,11 +12,14 @@ names its source.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from torch import nn
 
 from taltoolkit.engine.method import Method
 from taltoolkit.losses.clustering import (
@@ -27,6 +30,8 @@ from taltoolkit.losses.clustering import (
     soft_ce,
 )
 from taltoolkit.losses.mil import generalized_bce, topk_mil_indices, topk_mil_pool, video_ce_loss
+from taltoolkit.methods.rmgcl import TEST_CAMS, build_memory_branch, inference_state_with_memory, memory_test_cam
+from taltoolkit.models.memory import MemoryBranch
 from taltoolkit.models.wtal import TwoStreamWTAL
 from taltoolkit.pseudo.sinkhorn import sinkhorn_labels
 from taltoolkit.registry import register
@@ -63,6 +68,8 @@ class CASE(Method):
         fusion_weight: float = 0.5,  # P^M = w P^A + (1 - w) P^T, Sec. 4.3
         distributed_sinkhorn: bool = True,  # solve Sinkhorn over the global batch under torchrun
         attention_warmup_epochs: int = 0,  # not in the paper (0 = paper): see docs/methods/case.md
+        memory_branch: Callable[..., MemoryBranch] | None = None,  # RMGCL/GKSA's branch, one per stream
+        memory_test_cam: str = "main",  # with a memory branch: main | pseudo | mean T-CAS at test time
     ) -> None:
         super().__init__()
         if scc_prior not in ("rank", "none"):
@@ -78,7 +85,20 @@ class CASE(Method):
         if (use_scc or test_foreground != "attention") and not model.num_clusters:
             raise ValueError("CASE's clustering needs model.num_clusters > 0 (or method.use_scc=false "
                              "method.use_ccc=false method.test_foreground=attention for the baseline)")
+        if memory_test_cam not in TEST_CAMS:
+            raise ValueError(f"method.memory_test_cam={memory_test_cam!r}; choose one of {TEST_CAMS}")
         self.model = model
+        # RMGCL/GKSA Sec. IV-D "plug into other methods": each stream's classification
+        # embeddings, T-CAS and classifier carry their own memory (the streams' embedding
+        # spaces differ). The T-CAS has no background column; background regional features
+        # come from the attention (1 - P^A).
+        self.memory = None
+        if memory_branch is not None:
+            self.memory = nn.ModuleList(
+                build_memory_branch(memory_branch, model.hidden_dim, model.num_classes, background=False)
+                for _ in range(model.streams)
+            )
+        self.memory_test_cam = memory_test_cam
         self.topk_ratio = topk_ratio
         self.gce_q = gce_q
         self.use_scc, self.use_ccc = use_scc, use_ccc
@@ -100,9 +120,13 @@ class CASE(Method):
         self._last: dict[str, float] = {}
 
     # ------------------------------------------------------------------ shared pieces
-    def _combined_scores(self, out: dict[str, torch.Tensor], foreground: torch.Tensor) -> torch.Tensor:
+    def _combined_scores(
+        self, out: dict[str, torch.Tensor], foreground: torch.Tensor, cas_prob: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """T-CAS calibrated by attention: mean of the stream-averaged class softmax and each stream's foreground."""
-        cas_prob = out["cas"].softmax(-1).mean(0)  # (B, T, G)
+        if cas_prob is None:
+            cas_prob = out["cas"].softmax(-1)  # (S, B, T, G)
+        cas_prob = cas_prob.mean(0)  # (B, T, G)
         fg = rearrange(foreground, "s b t -> b t s")  # (B, T, S)
         return (cas_prob + fg.sum(-1, keepdim=True)) / (1 + fg.shape[-1])  # (B, T, G)
 
@@ -168,11 +192,25 @@ class CASE(Method):
                     self._last["H(Q^C)"] = float(-(q_c * q_c.clamp_min(1e-12).log()).sum(-1).mean())
             with torch.no_grad():
                 self._last["H(Q^S)"] = float(-(q_s * q_s.clamp_min(1e-12).log()).sum(-1).mean())
+        if self.memory is not None:
+            for si, branch in enumerate(self.memory):
+                res = branch(
+                    out["cls_embeddings"][si], cas[si], y, mask, partial(self.model.classify, stream=si),
+                    background_scores=1 - att[si],
+                )
+                total = total + res["loss"]  # gamma L_ps + mu L_cont (RMGCL Eq. 17)
+                for k, v in res["losses"].items():
+                    losses[k] = losses.get(k, 0) + v
         losses["loss"] = total  # Eq. 14
         return losses
 
     def on_epoch_start(self, epoch: int) -> None:
         self._epoch = epoch
+        for branch in self.memory or []:
+            branch.set_epoch(epoch)
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        return inference_state_with_memory(self, "memory")
 
     def _attention_targets(self, idx: torch.Tensor, y: torch.Tensor, t: int) -> torch.Tensor:
         """Q^A (B, T): 1 where a snippet is among the top-k of one of the video's classes."""
@@ -207,7 +245,18 @@ class CASE(Method):
     def predict(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
         x, mask = batch["features"], batch["mask"]
         out = self.model(x, mask)
-        combined = self._combined_scores(out, self._test_foreground(out))  # (B, T, G)
+        cas_prob = None
+        if self.memory is not None and self.memory_test_cam != "main":
+            cas_prob = torch.stack([
+                memory_test_cam(
+                    out["cas"][si],
+                    branch(out["cls_embeddings"][si], out["cas"][si], None, mask,
+                           partial(self.model.classify, stream=si))["pseudo_tcam"],
+                    self.memory_test_cam,
+                )
+                for si, branch in enumerate(self.memory)
+            ])  # (S, B, T, G)
+        combined = self._combined_scores(out, self._test_foreground(out), cas_prob)  # (B, T, G)
         idx, counts = topk_mil_indices(combined, ratio=self.topk_ratio, mask=mask, return_counts=True)  # (B, k, G)
         video_scores = topk_mil_pool(out["cas"].mean(0), idx, counts).softmax(-1)  # (B, G), streams averaged
         results = []

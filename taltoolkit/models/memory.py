@@ -158,6 +158,8 @@ class MemoryBranch(nn.Module):
       ``pseudo_tcam`` (B, T, K) logits A_hat = classify(F_fuse) (Eq. 14) or None;
       ``uncertainty`` (B, T) D_t (Eq. 15, detached, for logging) or None;
       ``losses`` {"loss_ncl" (Eq. 9), "loss_pseudo" (Eq. 16)}, zeros when inactive or in eval;
+      ``loss`` their share of Eq. 17, ``gamma * loss_pseudo + mu * loss_ncl``, which the host
+      method adds to its own objective;
       ``regional`` (features (N, H) detached, rows (N,)) the regional features of this batch.
 
     K = C+1 (background column last) when ``background`` else C. ``tcam`` holds the logits
@@ -201,7 +203,10 @@ class MemoryBranch(nn.Module):
         sparse_topk: int | None = None,  # Sp-Att keys per codeword, not stated: None = q (one queue's worth), 0 = dense
         dropout: float = 0.1,  # attention/FFN dropout, not stated: the Transformer [85] default
         detach_pseudo_target: bool = True,  # A_hat is a label inside Eq. 16's CE (D_t keeps both gradients)
+        detach_uncertainty_weight: bool = True,  # not in the paper: no gradient through exp(-D_t) (docs/methods/rmgcl.md)
         distributed: bool = True,  # under torchrun, every rank enqueues the regional features of all ranks
+        pseudo_weight: float = 1.0,  # gamma of Eq. 17 (Sec. IV-B2)
+        contrastive_weight: float = 0.1,  # mu of Eq. 17 (Sec. IV-B2)
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -229,7 +234,9 @@ class MemoryBranch(nn.Module):
         self.aggregation = aggregation
         self.use_uncertainty = use_uncertainty
         self.detach_pseudo_target = detach_pseudo_target
+        self.detach_uncertainty_weight = detach_uncertainty_weight
         self.distributed = distributed
+        self.pseudo_weight, self.contrastive_weight = pseudo_weight, contrastive_weight
         self._epoch = 0
         rows = num_classes + 1
 
@@ -400,7 +407,7 @@ class MemoryBranch(nn.Module):
         zero = embeddings.new_zeros(())
         out: dict[str, Any] = {
             "active": False, "fused": None, "pseudo_tcam": None, "uncertainty": None,
-            "losses": {"loss_ncl": zero, "loss_pseudo": zero}, "regional": None,
+            "losses": {"loss_ncl": zero, "loss_pseudo": zero}, "loss": zero, "regional": None,
         }
         if not self.is_active:
             return out
@@ -444,8 +451,9 @@ class MemoryBranch(nn.Module):
                 )  # Eq. 9, against the memory before this batch is enqueued
             losses["loss_pseudo"] = uncertainty_weighted_pseudo_loss(
                 tcam.float(), pseudo.float(), mask, rho=self.rho, use_uncertainty=self.use_uncertainty,
-                detach_target=self.detach_pseudo_target,
+                detach_target=self.detach_pseudo_target, detach_weight=self.detach_uncertainty_weight,
             )  # Eq. 16
+        out["loss"] = self.pseudo_weight * losses["loss_pseudo"] + self.contrastive_weight * losses["loss_ncl"]  # Eq. 17
         with torch.no_grad():
             out["uncertainty"] = segment_uncertainty(tcam, pseudo)
         out["regional"] = (anchors.detach(), rows)

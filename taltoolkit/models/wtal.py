@@ -51,7 +51,12 @@ class _Stream(nn.Module):
             "attention": rearrange(att, "b 1 t -> b t"),
             "cluster_logits": self.cluster_head(emb_btc) if self.cluster_head is not None else None,
             "embeddings": emb_btc,
+            "cls_embeddings": rearrange(h_cls, "b h t -> b t h"),
         }
+
+    def classify(self, embeddings: Tensor) -> Tensor:
+        """The action classifier alone: (..., H) -> (..., G) logits (a kernel-1 conv is a linear map)."""
+        return nn.functional.linear(embeddings, self.classifier.weight.squeeze(-1), self.classifier.bias)
 
 
 @register("backbone", "two_stream_wtal")
@@ -65,7 +70,9 @@ class TwoStreamWTAL(nn.Module):
 
     forward(features (B, T, D), mask (B, T) bool | None) -> dict, streams stacked first:
       ``cas`` (S, B, T, G) logits, ``attention`` (S, B, T) probabilities, ``cluster_logits``
-      (S, B, T, K) or None, ``embeddings`` (S, B, T, H) attention-branch embeddings.
+      (S, B, T, K) or None, ``embeddings`` (S, B, T, H) attention-branch embeddings,
+      ``cls_embeddings`` (S, B, T, H) classification-branch embeddings (what the classifier
+      reads; a memory branch plugged onto CASE uses them with :meth:`classify`).
     Values at padded steps are meaningless; consumers must apply the mask.
     """
 
@@ -105,7 +112,11 @@ class TwoStreamWTAL(nn.Module):
         x = rearrange(features, "b t (s d) -> s b d t", s=self.streams) * keep  # (S, B, D_s, T)
         outs = [branch(x[i], keep) for i, branch in enumerate(self.branches)]
         result: dict[str, Tensor | None] = {}
-        for key in ("cas", "attention", "cluster_logits", "embeddings"):
+        for key in ("cas", "attention", "cluster_logits", "embeddings", "cls_embeddings"):
             parts = [o[key] for o in outs]
             result[key] = None if parts[0] is None else torch.stack(parts)  # type: ignore[arg-type]
         return result
+
+    def classify(self, embeddings: Tensor, stream: int) -> Tensor:
+        """Stream ``stream``'s action classifier on classification embeddings (..., H) -> (..., G) logits."""
+        return self.branches[stream].classify(embeddings)

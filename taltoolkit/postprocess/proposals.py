@@ -137,6 +137,9 @@ _DEFAULT_CAS_THRESHOLDS = tuple(round(0.025 * i, 3) for i in range(10))  # BaS-N
 _DEFAULT_ACTIONNESS_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 
 
+_CONTRASTS = ("masked", "raw", "masked_cas")
+
+
 @register("postprocessor", "cas_to_proposals")
 def cas_to_proposals(
     cas: np.ndarray,
@@ -177,9 +180,10 @@ def cas_to_proposals(
     4. Score (outer-inner contrast): ``mean(inner) - mean(outer) + score_weight *
        class_scores[c]`` on the class's CAS, where the outer region is
        ``ceil(inflation * L)`` steps on each side of a run of ``L`` steps (clipped to the
-       sequence; its mean is 0 when empty). ``contrast="masked"`` (BaS-Net/CoLA/ACM-Net)
+       sequence; its mean is 0 when empty). ``contrast="masked"`` (BaS-Net/CoLA)
        counts the steps outside the level's mask as 0; ``"raw"`` (CO2-Net/DELU) uses the
-       CAS as is. (BaS-Net's ``int()`` rounding gives ceil on the left, floor on the right;
+       CAS as is; ``"masked_cas"`` (ACM-Net) masks the CAS levels' sequences and scores the
+       actionness levels' runs on the raw CAS. (BaS-Net's ``int()`` rounding gives ceil on the left, floor on the right;
        this is symmetric.)
     5. Runs -> seconds exactly (module docstring), per-class NMS: ``nms="hard"``
        (:func:`~taltoolkit.postprocess.nms.batched_nms`, IoU > ``nms_threshold``),
@@ -191,8 +195,8 @@ def cas_to_proposals(
     """
     if nms not in _NMS_KINDS:
         raise ValueError(f"nms must be one of {_NMS_KINDS}, got {nms!r}")
-    if contrast not in ("masked", "raw"):
-        raise ValueError(f"contrast must be 'masked' or 'raw', got {contrast!r}")
+    if contrast not in _CONTRASTS:
+        raise ValueError(f"contrast must be one of {_CONTRASTS}, got {contrast!r}")
     if interpolation not in ("linear", "nearest"):
         raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
     upsample = int(upsample)
@@ -255,6 +259,10 @@ def cas_to_proposals(
     # ("raw": all rows of a class share one sequence, so one prefix sum per class).
     if contrast == "masked":
         values, seq_row = seq.T[rc] * mask, run_row  # (R, T')
+    elif contrast == "masked_cas":
+        contrast_mask = mask.copy()
+        contrast_mask[cas_thr.size * k :] = True  # actionness rows: the CAS unmasked
+        values, seq_row = seq.T[rc] * contrast_mask, run_row  # (R, T')
     else:
         values, seq_row = seq.T, rc[run_row]  # (K, T')
     csum = np.zeros((values.shape[0], tu + 1), np.float64)

@@ -1,0 +1,111 @@
+"""RMGCL/GKSA end to end: the method, its baseline, the memory branch on CASE, inference weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import taltoolkit
+from taltoolkit.methods.rmgcl import RMGCL
+
+# Tiny memory so that the branch is on after one epoch and its queue fills; zeta 0 because
+# no class probability of a few-step run passes the paper's 0.75.
+TINY_MEMORY = [
+    "memory_branch.zeta=0.0",
+    "memory_branch.warmup_epochs=1",
+    "memory_branch.queue_length=16",
+    "memory_branch.num_codewords=4",
+    "memory_branch.num_heads=2",
+    "model.hidden_dim=32",
+]
+
+
+def _rename(overrides, tmp_path, name):
+    return [o.replace(str(tmp_path / "run"), str(tmp_path / name)) for o in overrides]
+
+
+def test_rmgcl_run_writes_the_run_directory_and_inference_weights(compose, tiny_overrides, tmp_path):
+    cfg = compose(["method=rmgcl", "trainer.max_epochs=3", *TINY_MEMORY, *tiny_overrides])
+    assert cfg.trainer.max_epochs == 3 and cfg.postprocess.contrast == "masked_cas"
+    metrics = taltoolkit.run(cfg)
+    run = tmp_path / "run"
+    for f in ("config.yaml", "metrics.json", "predictions.json", "checkpoints/last.ckpt", "checkpoints/inference.pt"):
+        assert (run / f).is_file(), f
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["method"] == "RMGCL" and saved["average_mAP"] == pytest.approx(metrics["average_mAP"])
+    hist = saved["history"]
+    assert hist[0]["memory_active"] == 0 and hist[0]["loss_ncl"] == 0  # warm-up epoch
+    assert hist[-1]["memory_active"] == 1 and hist[-1]["loss_ncl"] > 0 and hist[-1]["loss_pseudo"] > 0
+    assert {"loss_ins", "loss_con", "loss_back", "loss_guide", "loss_feat", "loss_sparse"} <= set(hist[-1])
+
+    # The training checkpoint carries the memory bank (resume); the inference weights only T_M.
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["method"]
+    inference = torch.load(run / "checkpoints" / "inference.pt", weights_only=False)["method"]
+    assert "memory.memory" in last and int(last["memory.memory_count"].sum()) > 0
+    assert not any(k.startswith(("memory.memory", "memory.summarizer")) for k in inference)
+    assert bool(inference["memory.summary_mask"].any())
+
+    # Evaluating the inference weights (no memory bank) reproduces the run's mAP exactly, for
+    # the CAM that reads T_M too.
+    for test_cam in ("main", "pseudo"):
+        trained = metrics
+        if test_cam != "main":
+            ev = compose(["method=rmgcl", f"method.test_cam={test_cam}", f"weights={run / 'checkpoints' / 'last.ckpt'}",
+                          *TINY_MEMORY, *_rename(tiny_overrides, tmp_path, f"full_{test_cam}")])
+            trained = taltoolkit.run(ev)
+        ev = compose(["method=rmgcl", f"method.test_cam={test_cam}", f"weights={run / 'checkpoints' / 'inference.pt'}",
+                      *TINY_MEMORY, *_rename(tiny_overrides, tmp_path, f"eval_{test_cam}")])
+        again = taltoolkit.run(ev)
+        assert again["mAP"] == trained["mAP"], test_cam
+        assert again["model_selection"]["note"].startswith("evaluation only")
+
+
+def test_rmgcl_baseline_has_no_memory(compose, tiny_overrides):
+    from hydra.utils import instantiate
+
+    cfg = compose(["method=rmgcl", "memory_branch=none", "trainer.max_epochs=1", *tiny_overrides])
+    metrics = taltoolkit.run(cfg)
+    assert "loss_ncl" not in metrics["history"][-1] and "loss_ins" in metrics["history"][-1]
+    model = instantiate(cfg.model, in_dim=32, num_classes=5)
+    assert instantiate(cfg.method, model=model).memory is None
+
+
+def test_memory_branch_on_case_end_to_end(compose, tiny_overrides, tmp_path):
+    cfg = compose(["method=case", "memory_branch=rmgcl", "trainer.max_epochs=3", *TINY_MEMORY[:-1],
+                   "memory_branch.num_heads=4", *tiny_overrides])
+    metrics = taltoolkit.run(cfg)
+    last = metrics["history"][-1]
+    assert {"loss_v", "loss_a", "loss_s", "loss_c", "loss_ncl", "loss_pseudo"} <= set(last)
+    assert last["loss_ncl"] > 0 and last["loss_pseudo"] > 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["method"]
+    assert {"memory.0.memory", "memory.1.memory"} <= set(state)  # one memory per stream
+    inference = torch.load(tmp_path / "run" / "checkpoints" / "inference.pt", weights_only=False)["method"]
+    assert "memory.0.memory" not in inference and "memory.1.summary" in inference
+    ev = compose(["method=case", "memory_branch=rmgcl", "method.memory_test_cam=pseudo", *TINY_MEMORY[:-1],
+                  "memory_branch.num_heads=4", f"weights={tmp_path / 'run' / 'checkpoints' / 'inference.pt'}",
+                  *_rename(tiny_overrides, tmp_path, "eval")])
+    assert taltoolkit.run(ev)["average_mAP"] >= 0
+
+
+def test_memory_branch_refused_by_a_method_without_one(compose, tiny_overrides):
+    cfg = compose(["method=case", "memory_branch=rmgcl", *tiny_overrides])
+    cfg.method._target_ = "taltoolkit.engine.method.Method"
+    with pytest.raises(ValueError, match="cannot carry a memory branch"):
+        taltoolkit.run(cfg)
+
+
+def test_rmgcl_activitynet_values_compose(compose):
+    cfg = compose(["method=rmgcl", "dataset=activitynet13", "dataset.root=/nowhere"])
+    assert list(cfg.method.topk_ratios) == [0.5, 0.1, 0.1] and cfg.trainer.batch_size == 64
+    assert cfg.memory_branch.num_codewords == 200 and cfg.postprocess.nms_threshold == 0.9
+    assert cfg.dataset.num_segments == 75
+
+
+def test_rmgcl_rejects_bad_options():
+    from taltoolkit.models.acmnet import ACMNet
+
+    with pytest.raises(ValueError, match="test_cam"):
+        RMGCL(ACMNet(8, 2, hidden_dim=8), test_cam="bogus")
+    with pytest.raises(ValueError, match="topk_ratios"):
+        RMGCL(ACMNet(8, 2, hidden_dim=8), topk_ratios=(0.1, 0.2))
