@@ -14,7 +14,9 @@ CONF = str(Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> float:
     import taltoolkit
+    from taltoolkit.engine.sweep import pin_job_resources
 
+    pin_job_resources(cfg)
     metrics = taltoolkit.run(cfg)
     # Returned so that sweepers (e.g. Optuna) can optimise the average mAP.
     return float(metrics.get("average_mAP", float("nan")))

@@ -1,0 +1,79 @@
+"""Hydra multiruns through tools/run.py: basic and joblib launchers, the summary table, experiments."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taltoolkit.engine.sweep import format_summary, summarize_runs
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "dataset.num_train=16", "dataset.num_test=8", "dataset.num_classes=4", "dataset.feature_dim=16",
+    "dataset.max_steps=48", "dataset.num_segments=32", "dataset.max_seq_len=48",
+    "trainer.max_epochs=1", "trainer.batch_size=8", "trainer.progress=false", "trainer.device=cpu",
+]
+
+
+def _multirun(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TALTOOLKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "tools" / "run.py"), "-m", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+         *overrides],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+    )
+
+
+def _check_summary(tmp_path: Path, out: subprocess.CompletedProcess, settings: int, seeds: int) -> list[dict]:
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert len(rows) == settings and all(r["n"] == seeds for r in rows)
+    with open(sweep / "summary.csv") as f:
+        assert len(list(csv.DictReader(f))) == settings
+    assert "Sweep summary" in out.stdout
+    for r in rows:  # the mean is the mean of the runs' own numbers
+        runs = [json.loads((Path(d) / "metrics.json").read_text())["average_mAP"] for d in r["runs"]]
+        assert r["average_mAP"] == pytest.approx(sum(runs) / len(runs))
+    return rows
+
+
+def test_basic_launcher_sweep_over_seeds_and_a_switch(tmp_path):
+    out = _multirun(tmp_path, "method=case", "seed=0,1", "method.test_foreground=attention,fused")
+    rows = _check_summary(tmp_path, out, settings=2, seeds=2)
+    assert sorted(r["setting"] for r in rows) == ["method.test_foreground=attention", "method.test_foreground=fused"]
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    out = _multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "method=case", "seed=0,1")
+    _check_summary(tmp_path, out, settings=1, seeds=2)
+    logs = sorted((tmp_path / "sweep").glob("*/run.log"))
+    assert len(logs) == 2 and all("torch threads: " in p.read_text() for p in logs)
+
+
+def test_experiment_config_is_a_ready_sweep(tmp_path):
+    out = _multirun(tmp_path, "experiment=rmgcl_ablation", "hydra.sweeper.params.seed=0",
+                    "++memory_branch.warmup_epochs=0", "++memory_branch.queue_length=8", "++memory_branch.num_codewords=2",
+                    "++memory_branch.num_heads=2", "model.hidden_dim=16")
+    rows = _check_summary(tmp_path, out, settings=2, seeds=1)
+    assert {r["setting"] for r in rows} == {"memory_branch=none", "memory_branch=rmgcl"}
+
+
+def test_summary_of_hand_made_runs(tmp_path):
+    for i, (setting, seed, avg) in enumerate([("a=1", 0, 10.0), ("a=1", 1, 20.0), ("a=2", 0, 5.0)]):
+        job = tmp_path / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- {setting}\n- seed={seed}\n")
+        (job / "metrics.json").write_text(json.dumps(
+            {"average_mAP": avg, "mAP": [avg + 1, avg - 1], "tiou_thresholds": [0.3, 0.5], "seed": seed}))
+    rows = summarize_runs(tmp_path)
+    assert [r["setting"] for r in rows] == ["a=1", "a=2"]
+    a1 = next(r for r in rows if r["setting"] == "a=1")
+    assert a1["n"] == 2 and a1["average_mAP"] == 15.0 and a1["average_mAP_std"] == pytest.approx(7.0710678)
+    assert a1["mAP@0.3"] == 16.0 and a1["mAP@0.5"] == 14.0
+    assert "a=2" in format_summary(rows) and (tmp_path / "summary.csv").is_file()
