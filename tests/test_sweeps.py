@@ -56,6 +56,17 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     assert len(logs) == 2 and all("torch threads: " in p.read_text() for p in logs)
 
 
+def test_submitit_local_launcher_and_the_slurm_config(tmp_path, compose):
+    # submitit's local executor runs the same code path as SLURM jobs (pickled job, own process).
+    out = _multirun(tmp_path, "hydra/launcher=submitit_local", "method=case", "seed=0,1")
+    _check_summary(tmp_path, out, settings=1, seeds=2)
+    cfg = compose(["method=case", "hydra/launcher=slurm"])  # composes without a cluster
+    assert cfg.method._target_.endswith("CASE")
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "run.py"), "hydra/launcher=slurm", "method=case",
+                          "--cfg", "hydra"], capture_output=True, text=True, timeout=120)
+    assert "SlurmLauncher" in out.stdout and "gpus_per_node: 1" in out.stdout
+
+
 def test_experiment_config_is_a_ready_sweep(tmp_path):
     out = _multirun(tmp_path, "experiment=rmgcl_ablation", "hydra.sweeper.params.seed=0",
                     "++memory_branch.warmup_epochs=0", "++memory_branch.queue_length=8", "++memory_branch.num_codewords=2",
