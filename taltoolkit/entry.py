@@ -243,7 +243,7 @@ def _split_held_out(videos, fraction: float, seed: int):  # noqa: ANN001, ANN202
 
 
 def dump_json(path: Path, obj: Any) -> None:
-    from taltoolkit.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+    from taltoolkit.engine.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default).encode()))
 

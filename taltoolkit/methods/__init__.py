@@ -1,5 +1,6 @@
 """Methods: one module per paper. Importing the package registers them."""
 from taltoolkit.methods.case import CASE
+from taltoolkit.methods.copl import COPL
 from taltoolkit.methods.rmgcl import RMGCL
 
-__all__ = ["CASE", "RMGCL"]
+__all__ = ["CASE", "COPL", "RMGCL"]

@@ -1,6 +1,7 @@
 """Backbones, heads and branches. Importing the package registers them."""
 from taltoolkit.models.acmnet import ACMNet
+from taltoolkit.models.iocnet import IOCNet
 from taltoolkit.models.memory import MemoryBranch
 from taltoolkit.models.wtal import TwoStreamWTAL
 
-__all__ = ["ACMNet", "MemoryBranch", "TwoStreamWTAL"]
+__all__ = ["ACMNet", "IOCNet", "MemoryBranch", "TwoStreamWTAL"]
