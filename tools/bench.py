@@ -12,6 +12,9 @@
 ``train`` training throughput (videos/s) of a method on THUMOS-sized synthetic data
           (200 videos, T = 750 sampled steps, 2048-d features), with and without
           ``trainer.features_on_device``; ``--device cuda`` when a GPU is available.
+``actionformer`` the same for ``method=actionformer`` (full labels) at ActionFormer's
+          THUMOS14 timing: I3D features every 4 frames at 30 fps (``step_s`` 4/30), random
+          crops of at most ``--max-seq-len`` 2304 steps, batch 2, the paper's 512-d network.
 """
 from __future__ import annotations
 
@@ -285,8 +288,10 @@ def bench_train(args: argparse.Namespace) -> dict:
     videos, classes = generate_synthetic(
         "thumos", num_videos={"validation": args.videos, "test": 0}, num_classes=20,
         feature_dim=args.feature_dim, seed=0, duration_scale=1.0, max_steps=None,
+        step_s=getattr(args, "step_s", 0.64),
     )
-    videos = label_view([v for v in videos if v.subset == "validation"], "weak")
+    label_mode = getattr(args, "label_mode", "weak")
+    videos = label_view([v for v in videos if v.subset == "validation"], label_mode)
     steps = [v.num_steps for v in videos]
     print(f"{len(videos)} videos, steps median {int(np.median(steps))} max {max(steps)}, "
           f"{args.feature_dim}-d, generated in {time.perf_counter() - t0:.1f} s; device {args.device}, "
@@ -294,7 +299,8 @@ def bench_train(args: argparse.Namespace) -> dict:
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"method={args.method}", *args.override])
     report: dict[str, Any] = {"machine": _machine(), "method": args.method, "videos": len(videos),
-                              "num_segments": args.num_segments, "feature_dim": args.feature_dim,
+                              "num_segments": args.num_segments, "max_seq_len": getattr(args, "max_seq_len", None),
+                              "feature_dim": args.feature_dim,
                               "batch_size": args.batch_size, "device": args.device, "runs": {}}
     print(f"{'features_on_device':<20}{'s/epoch':>10}{'videos/s':>10}")
     for on_device in (False, True):
@@ -302,11 +308,14 @@ def bench_train(args: argparse.Namespace) -> dict:
         model = instantiate(cfg.model, in_dim=args.feature_dim, num_classes=len(classes)) if cfg.get("model") else None
         method = instantiate(cfg.method, model=model)
         trainer = Trainer(max_epochs=args.epochs + 1, batch_size=args.batch_size, device=args.device,
-                          features_on_device=on_device, progress=False, checkpoint_every=10**9)
+                          features_on_device=on_device, progress=False, checkpoint_every=10**9,
+                          optimizer=cfg.trainer.optimizer, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
+                          grad_clip=cfg.trainer.grad_clip)
         with tempfile.TemporaryDirectory() as tmp:
             result = trainer.fit(
                 method, videos,
-                lambda v, seed: make_dataset(method.sampling, v, True, seed, args.num_segments, args.num_segments),
+                lambda v, seed: make_dataset(method.sampling, v, True, seed, args.num_segments,
+                                             getattr(args, "max_seq_len", args.num_segments)),
                 predict_videos=lambda m, v: [], evaluate=None, out_dir=tmp,
             )
         secs = [r["seconds"] for r in result.history[1:]]  # the first epoch warms up
@@ -352,10 +361,21 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
     t.add_argument("--device", default="cuda" if _cuda() else "cpu")
     t.add_argument("override", nargs="*", help="extra Hydra overrides, e.g. method.use_scc=false")
-    for sp in (e, n, t):
+    a = sub.add_parser("actionformer", help="ActionFormer training throughput at THUMOS14's ActionFormer timing")
+    a.add_argument("--videos", type=int, default=200)
+    a.add_argument("--max-seq-len", type=int, default=2304, help="training crop length (THUMOS14: 2304)")
+    a.add_argument("--step-s", type=float, default=4 / 30, help="seconds per feature step (stride 4 at 30 fps)")
+    a.add_argument("--feature-dim", type=int, default=2048)
+    a.add_argument("--batch-size", type=int, default=2)
+    a.add_argument("--epochs", type=int, default=1, help="timed epochs (after one warm-up epoch)")
+    a.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    a.add_argument("override", nargs="*", help="extra Hydra overrides, e.g. model.embed_dim=256")
+    a.set_defaults(method="actionformer", label_mode="full", num_segments=750)
+    for sp in (e, n, t, a):
         sp.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
-    report = {"eval": bench_eval, "nms": bench_nms, "train": bench_train}[args.command](args)
+    report = {"eval": bench_eval, "nms": bench_nms, "train": bench_train,
+              "actionformer": bench_train}[args.command](args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=2)
