@@ -68,7 +68,7 @@ def test_submitit_local_launcher_and_the_slurm_config(tmp_path, compose):
 
 
 def test_experiment_config_is_a_ready_sweep(tmp_path):
-    out = _multirun(tmp_path, "experiment=rmgcl_ablation", "hydra.sweeper.params.seed=0",
+    out = _multirun(tmp_path, "experiment=rmgcl_ablation", "seed=0",  # the command line replaces the experiment's seeds
                     "++memory_branch.warmup_epochs=0", "++memory_branch.queue_length=8", "++memory_branch.num_codewords=2",
                     "++memory_branch.num_heads=2", "model.hidden_dim=16")
     rows = _check_summary(tmp_path, out, settings=2, seeds=1)
