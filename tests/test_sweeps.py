@@ -88,3 +88,25 @@ def test_summary_of_hand_made_runs(tmp_path):
     assert a1["n"] == 2 and a1["average_mAP"] == 15.0 and a1["average_mAP_std"] == pytest.approx(7.0710678)
     assert a1["mAP@0.3"] == 16.0 and a1["mAP@0.5"] == 14.0
     assert "a=2" in format_summary(rows) and (tmp_path / "summary.csv").is_file()
+
+
+@pytest.mark.parametrize("name,keys", [
+    ("case_table6", {"method.test_foreground", "seed"}),
+    ("rmgcl_ablation", {"memory_branch", "seed"}),
+    ("apl_label_fractions", {"labelled_fraction", "seed"}),
+    ("copl_fig4", {"method.has_branch", "method.use_plri", "seed"}),
+])
+def test_every_experiment_composes_for_each_sweep_point(compose, name, keys):
+    """Each ready sweep composes, and every point of its grid composes too (as Hydra would launch it)."""
+    import itertools
+
+    cfg = compose([f"experiment={name}"])
+    params = {k: str(v).split(",") for k, v in cfg.hydra.sweeper.params.items()} if "hydra" in cfg else None
+    if params is None:  # compose() drops the hydra node: read the file instead
+        from omegaconf import OmegaConf
+
+        raw = OmegaConf.load(REPO / "conf" / "experiment" / f"{name}.yaml")
+        params = {k: str(v).split(",") for k, v in raw.hydra.sweeper.params.items()}
+    assert set(params) == keys
+    for point in itertools.product(*[[f"{k}={v}" for v in vals] for k, vals in params.items()]):
+        compose([f"experiment={name}", *point])
