@@ -205,3 +205,17 @@ def test_bench_eval_smoke(tmp_path):
     assert report["input"]["predictions"] == 5 * report["input"]["videos"]
     assert set(report["speedup"]) == {"cli_vs_loop_reference_with_json_load",
                                       "detection_map_vs_loop_reference_compute_only"}
+
+
+def test_bench_sinkhorn_smoke(tmp_path):
+    """tools/bench.py sinkhorn on a small problem: our plan equals POT's after the same iterations."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench.py"), "sinkhorn", "--snippets", "200", "--clusters", "5",
+         "--iters", "20", "--repeat", "1", "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["identical"] is True and report["max_abs_plan_difference"] < 1e-9
+    assert len(report["runs"]) == 3

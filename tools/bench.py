@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: ``python tools/bench.py {eval,nms} [--out bench.json]``.
+"""Benchmarks: ``python tools/bench.py {eval,nms,sinkhorn,train,actionformer} [--out bench.json]``.
 
 ``eval``  THUMOS14-sized detection evaluation: the real THUMOS14 test ground truth and
           seeded random predictions near it (1000 per video); ``--dataset activitynet13``
@@ -12,6 +12,10 @@
 ``train`` training throughput (videos/s) of a method on THUMOS-sized synthetic data
           (200 videos, T = 750 sampled steps, 2048-d features), with and without
           ``trainer.features_on_device``; ``--device cuda`` when a GPU is available.
+``sinkhorn`` CASE-sized Sinkhorn labelling (a batch of 16 x 750 snippets, K = 16 clusters):
+          ``sinkhorn_labels`` (3 iterations, as CASE uses it) and ``sinkhorn_plan`` to
+          convergence against POT's ``ot.sinkhorn`` on the same problem (time and largest
+          difference of the plans).
 ``actionformer`` the same for ``method=actionformer`` (full labels) at ActionFormer's
           THUMOS14 timing: I3D features every 4 frames at 30 fps (``step_s`` 4/30), random
           crops of at most ``--max-seq-len`` 2304 steps, batch 2, the paper's 512-d network.
@@ -325,6 +329,40 @@ def bench_train(args: argparse.Namespace) -> dict:
     return report
 
 
+def bench_sinkhorn(args: argparse.Namespace) -> dict:
+    """Sinkhorn labels at CASE's size, and the converged plan against POT on the same problem."""
+    import ot
+    import torch
+
+    from taltoolkit.pseudo.sinkhorn import sinkhorn_labels, sinkhorn_plan
+
+    g = torch.Generator().manual_seed(args.seed)
+    n, k = args.snippets, args.clusters
+    logits = torch.randn(n, k, generator=g, dtype=torch.float64) * 3  # (N, K) cluster logits
+    report: dict[str, Any] = {"machine": _machine(), "snippets": n, "clusters": k, "runs": {}}
+    times, _ = _timeit(lambda: sinkhorn_labels(logits.float(), epsilon=0.5, n_iter=3), args.repeat)
+    report["runs"]["sinkhorn_labels (3 iterations, float32)"] = {"seconds": min(times)}
+    cost = -logits  # plan of exp(logits / reg) with uniform rows and columns
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    b = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    times, plan = _timeit(lambda: sinkhorn_plan(cost, a, b, args.reg, n_iter=args.iters), args.repeat)
+    report["runs"][f"sinkhorn_plan ({args.iters} iterations, float64)"] = {"seconds": min(times)}
+    import warnings
+
+    with warnings.catch_warnings():  # a fixed iteration count on purpose: POT warns it did not converge
+        warnings.simplefilter("ignore", UserWarning)
+        times, ref = _timeit(lambda: ot.sinkhorn(a.numpy(), b.numpy(), cost.numpy(), args.reg,
+                                                 numItermax=args.iters, stopThr=0.0), args.repeat)
+    report["runs"][f"POT ot.sinkhorn ({args.iters} iterations, float64)"] = {"seconds": min(times)}
+    report["max_abs_plan_difference"] = float(np.abs(plan.numpy() - ref).max())
+    report["identical"] = report["max_abs_plan_difference"] < 1e-9
+    print(f"{n} x {k}, reg {args.reg}")
+    for name, r in report["runs"].items():
+        print(f"{name:<45}{r['seconds'] * 1e3:10.2f} ms")
+    print(f"largest |plan - POT plan|: {report['max_abs_plan_difference']:.2e}")
+    return report
+
+
 def _machine() -> dict[str, Any]:
     import torch
 
@@ -361,6 +399,13 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
     t.add_argument("--device", default="cuda" if _cuda() else "cpu")
     t.add_argument("override", nargs="*", help="extra Hydra overrides, e.g. method.use_scc=false")
+    k = sub.add_parser("sinkhorn", help="Sinkhorn labels at CASE's size; converged plan vs POT")
+    k.add_argument("--snippets", type=int, default=16 * 750)
+    k.add_argument("--clusters", type=int, default=16)
+    k.add_argument("--reg", type=float, default=0.5)
+    k.add_argument("--iters", type=int, default=100)
+    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--repeat", type=int, default=3)
     a = sub.add_parser("actionformer", help="ActionFormer training throughput at THUMOS14's ActionFormer timing")
     a.add_argument("--videos", type=int, default=200)
     a.add_argument("--max-seq-len", type=int, default=2304, help="training crop length (THUMOS14: 2304)")
@@ -371,10 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--device", default="cuda" if _cuda() else "cpu")
     a.add_argument("override", nargs="*", help="extra Hydra overrides, e.g. model.embed_dim=256")
     a.set_defaults(method="actionformer", label_mode="full", num_segments=750)
-    for sp in (e, n, t, a):
+    for sp in (e, n, t, k, a):
         sp.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
-    report = {"eval": bench_eval, "nms": bench_nms, "train": bench_train,
+    report = {"eval": bench_eval, "nms": bench_nms, "train": bench_train, "sinkhorn": bench_sinkhorn,
               "actionformer": bench_train}[args.command](args)
     if args.out:
         with open(args.out, "w") as f:
