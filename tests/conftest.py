@@ -64,3 +64,22 @@ def tiny_overrides(tmp_path):
         "trainer.batch_size=8",
         "trainer.device=cpu",
     ]
+
+
+def thumos14_layout_overrides(tmp_path: Path, layout: str, feature_dim: int = 16) -> list[str]:
+    """Write synthetic features for the real THUMOS14 videos in ``layout`` -> the dataset overrides.
+
+    The features carry the real ground truth (3358 test instances), so a run through
+    ``dataset=thumos14 dataset.root=DIR`` evaluates against the real annotation files.
+    """
+    from taltoolkit.data.synthetic import generate_synthetic
+    from taltoolkit.data.writers import write_layout
+
+    videos, classes = generate_synthetic(from_annotations="thumos14", feature_dim=feature_dim, seed=0)
+    root = tmp_path / layout
+    extra = {"feature_stride": 16, "snippet_frames": 16, "fps": 25.0} if layout == "concat" else {}
+    write_layout(videos, classes, root, layout, name="Thumos14reduced", **extra)
+    over = ["dataset=thumos14", f"dataset.root={root}", f"dataset.layout={layout}", f"dataset.feature_dim={feature_dim}"]
+    if layout == "concat":
+        over += ["dataset.feature_stride=16", "dataset.fps=25.0"]
+    return over

@@ -49,15 +49,10 @@ def test_actionformer_resume_ends_identical(compose, tiny_overrides, tmp_path):
 
 def test_actionformer_on_thumos14_config_in_the_concat_layout(compose, tmp_path):
     """dataset=thumos14 dataset.root=DIR on per-video features (ActionFormer's layout) with the real GT."""
-    from taltoolkit.data.synthetic import generate_synthetic
-    from taltoolkit.data.writers import write_layout
+    from conftest import thumos14_layout_overrides
 
-    videos, classes = generate_synthetic(from_annotations="thumos14", feature_dim=16, seed=0)
-    root = tmp_path / "concat"
-    write_layout(videos, classes, root, "concat", name="Thumos14reduced", feature_stride=16, snippet_frames=16, fps=25.0)
     over = [
-        "method=actionformer", "dataset=thumos14", f"dataset.root={root}", "dataset.layout=concat",
-        "dataset.feature_dim=16", "dataset.feature_stride=16", "dataset.fps=25.0", "dataset.max_seq_len=256",
+        "method=actionformer", *thumos14_layout_overrides(tmp_path, "concat"), "dataset.max_seq_len=256",
         "trainer.max_epochs=1", "trainer.batch_size=16", "trainer.device=cpu", "trainer.progress=false",
         f"output_dir={tmp_path / 'run'}", *TINY_MODEL,
         # an untrained detector scores every point near its prior: fewer candidates keep Soft-NMS quick

@@ -95,21 +95,13 @@ def test_method_is_required_and_lists_choices():
 @pytest.mark.parametrize("layout", ["wtalc", "split", "concat"])
 def test_case_on_thumos14_config_in_each_real_layout(compose, tmp_path, layout):
     """dataset=thumos14 dataset.root=DIR on features written in each real layout with the real GT."""
-    from taltoolkit.data.synthetic import generate_synthetic
-    from taltoolkit.data.writers import write_layout
+    from conftest import thumos14_layout_overrides
 
-    videos, classes = generate_synthetic(from_annotations="thumos14", feature_dim=16, seed=0)
-    root = tmp_path / layout
-    extra = {"feature_stride": 16, "snippet_frames": 16, "fps": 25.0} if layout == "concat" else {}
-    write_layout(videos, classes, root, layout, name="Thumos14reduced", **extra)
     over = [
-        "method=case", "dataset=thumos14", f"dataset.root={root}", f"dataset.layout={layout}",
-        "dataset.feature_dim=16", "dataset.num_segments=64", "trainer.max_epochs=1", "trainer.batch_size=16",
+        "method=case", *thumos14_layout_overrides(tmp_path, layout), "dataset.num_segments=64", "trainer.max_epochs=1", "trainer.batch_size=16",
         "trainer.device=cpu", "trainer.progress=false", f"output_dir={tmp_path / 'run'}",
         "postprocess.upsample=1", "postprocess.cas_thresholds=[0.3,0.6]",
     ]
-    if layout == "concat":
-        over += ["dataset.feature_stride=16", "dataset.fps=25.0"]
     metrics = taltoolkit.run(compose(over))
     assert metrics["dataset"] == "thumos14"
     assert sum(metrics["num_ground_truth"].values()) == 3358  # every real THUMOS14 test instance counts

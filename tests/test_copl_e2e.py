@@ -111,21 +111,13 @@ def test_has_and_plri_wrap_case_attention():
 @pytest.mark.parametrize("layout", ["wtalc", "concat"])
 def test_copl_on_thumos14_config_in_real_layouts(compose, tmp_path, layout):
     """method=copl dataset=thumos14 dataset.root=DIR on features written in real layouts with the real GT."""
-    from taltoolkit.data.synthetic import generate_synthetic
-    from taltoolkit.data.writers import write_layout
+    from conftest import thumos14_layout_overrides
 
-    videos, classes = generate_synthetic(from_annotations="thumos14", feature_dim=16, seed=0)
-    root = tmp_path / layout
-    extra = {"feature_stride": 16, "snippet_frames": 16, "fps": 25.0} if layout == "concat" else {}
-    write_layout(videos, classes, root, layout, name="Thumos14reduced", **extra)
     over = [
-        "method=copl", "dataset=thumos14", f"dataset.root={root}", f"dataset.layout={layout}",
-        "dataset.feature_dim=16", "dataset.num_segments=64", "trainer.max_epochs=1", "trainer.batch_size=16",
+        "method=copl", *thumos14_layout_overrides(tmp_path, layout), "dataset.num_segments=64", "trainer.max_epochs=1", "trainer.batch_size=16",
         "trainer.device=cpu", "trainer.progress=false", f"output_dir={tmp_path / 'run'}", "method.iterations=2",
         "method.shift_channels=4", "model.hidden_dim=8", "postprocess.upsample=1", "postprocess.cas_thresholds=[0.3,0.6]",
     ]
-    if layout == "concat":
-        over += ["dataset.feature_stride=16", "dataset.fps=25.0"]
     metrics = taltoolkit.run(compose(over))
     assert metrics["dataset"] == "thumos14" and metrics["preset"] == "thumos14_unsup"
     assert sum(metrics["num_ground_truth"].values()) == 3358

@@ -115,14 +115,10 @@ def test_rmgcl_on_thumos14_config_in_a_real_layout(compose, tmp_path):
     """dataset=thumos14 dataset.root=DIR (per-video split rgb/flow layout) with the real ground truth."""
     import numpy as np
 
-    from taltoolkit.data.synthetic import generate_synthetic
-    from taltoolkit.data.writers import write_layout
+    from conftest import thumos14_layout_overrides
 
-    videos, classes = generate_synthetic(from_annotations="thumos14", feature_dim=16, seed=0)
-    write_layout(videos, classes, tmp_path / "split", "split", name="Thumos14reduced")
     metrics = taltoolkit.run(compose([
-        "method=rmgcl", "dataset=thumos14", f"dataset.root={tmp_path / 'split'}", "dataset.layout=split",
-        "dataset.feature_dim=16", "dataset.num_segments=64", "trainer.max_epochs=2", "trainer.device=cpu",
+        "method=rmgcl", *thumos14_layout_overrides(tmp_path, "split"), "dataset.num_segments=64", "trainer.max_epochs=2", "trainer.device=cpu",
         "trainer.progress=false", f"output_dir={tmp_path / 'run'}", "postprocess.upsample=1", *TINY_MEMORY,
     ]))
     assert metrics["dataset"] == "thumos14" and metrics["preset"] == "thumos14_weak"
