@@ -141,7 +141,11 @@ class Trainer:
         self.grad_clip = grad_clip
         self.eval_every = eval_every
         self.device = dist_utils.resolve_device(device)
-        self.amp = amp and self.device.type == "cuda"
+        # bfloat16 autocast also runs on CPU (no loss scaling needed); float16 needs CUDA's GradScaler.
+        if amp and amp_dtype == "float16" and self.device.type != "cuda":
+            raise ValueError(f"trainer.amp=true with amp_dtype=float16 needs CUDA (device is {self.device}); "
+                             "use trainer.amp_dtype=bfloat16 on CPU")
+        self.amp = amp
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp_dtype]
         self.features_on_device = features_on_device
         self.num_workers = num_workers

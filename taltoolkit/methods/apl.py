@@ -44,7 +44,8 @@ from taltoolkit.losses.detection import (
     quality_focal_loss,
     sigmoid_focal_loss,
 )
-from taltoolkit.methods.actionformer import ActionFormerMethod
+from taltoolkit.engine import distributed as dist_utils
+from taltoolkit.methods.actionformer import ActionFormerMethod, global_sum
 from taltoolkit.models.actionformer import ActionFormer
 from taltoolkit.postprocess.proposals import segment_postprocess
 from taltoolkit.pseudo.apl import (
@@ -310,14 +311,19 @@ class APL(ActionFormerMethod):
     def detection_losses(self, out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Eq. 12's detection terms: L^s + beta L^u, each normalised by its own positive count."""
         cls_t, reg_t, pos, valid = self.targets(out, batch)
-        logits, offsets = self.flat(out["cls_logits"]), self.flat(out["offsets"])  # (B, P, C), (B, P, 2)
+        cls_t, reg_t = cls_t.float(), reg_t.float()
+        # Losses in float32 also under autocast (the heads may return bfloat16 / float16).
+        logits, offsets = self.flat(out["cls_logits"]).float(), self.flat(out["offsets"]).float()  # (B, P, C), (B, P, 2)
         levels = batch["label_level"]
         is_pseudo = torch.tensor([lv == "pseudo" for lv in levels], device=logits.device)  # (B,)
         if any(lv not in ("full", "pseudo") for lv in levels):
             raise RuntimeError(f"APL's detection loss got videos without instance labels ({sorted(set(levels))})")
-        n_sup = pos[~is_pseudo].sum().clamp(min=1)
-        n_uns = pos[is_pseudo].sum().clamp(min=1)
-        w = torch.where(is_pseudo, self.beta / n_uns, 1.0 / n_sup).to(logits.dtype)[:, None]  # (B, 1) per point
+        # Positive counts of the global batch (every rank's under torchrun); each rank's share is
+        # scaled by the world size because DDP averages gradients: same loss as one process.
+        counts = global_sum(torch.stack([pos[~is_pseudo].sum(), pos[is_pseudo].sum(), is_pseudo.sum()]).float())
+        n_sup, n_uns = counts[0].clamp(min=1), counts[1].clamp(min=1)
+        w = torch.where(is_pseudo, self.beta / n_uns, 1.0 / n_sup) * dist_utils.world_size()
+        w = w.to(logits.dtype)[:, None]  # (B, 1) per point
         zeros = torch.zeros(pos.shape, device=logits.device, dtype=logits.dtype)
         reg_el, locq_el = zeros.clone(), zeros.clone()
         if bool(pos.any()):
@@ -327,7 +333,7 @@ class APL(ActionFormerMethod):
                 t_iou, t_nd = diou_terms(offsets[pos], reg_t[pos])
                 soft = torch.zeros_like(cls_t)
                 soft[pos] = cls_t[pos] * (t_iou - t_nd).clamp(min=self.joint_eps)[:, None]  # DIoU soft label
-            tiou_lg, tnd_lg = self.flat(out["tiou_logits"]), self.flat(out["tnd_logits"])  # (B, P)
+            tiou_lg, tnd_lg = self.flat(out["tiou_logits"]).float(), self.flat(out["tnd_logits"]).float()  # (B, P)
             joint = joint_score(torch.sigmoid(logits), torch.sigmoid(tiou_lg), torch.sigmoid(tnd_lg), self.joint_eps)
             cls_el = quality_focal_loss(joint, soft, self.qfl_beta).sum(-1)  # Eq. 5, (B, P)
             if bool(pos.any()):
@@ -340,7 +346,7 @@ class APL(ActionFormerMethod):
         reg_loss = (w * reg_el).sum()
         locq_loss = (w * locq_el).sum()
         det = cls_loss + self.loss_weight * reg_loss + self.lambda_locq * locq_loss
-        self._last = {"num_pos": float(pos.sum()), "pseudo_videos": float(is_pseudo.sum())}
+        self._last = {"num_pos": float(counts[0] + counts[1]), "pseudo_videos": float(counts[2])}
         out_losses = {"loss_det": det, "cls_loss": cls_loss, "reg_loss": reg_loss}
         if self.use_alqa:
             out_losses["locq_loss"] = locq_loss
