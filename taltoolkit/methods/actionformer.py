@@ -15,10 +15,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.losses.detection import assign_targets, diou_loss, sigmoid_focal_loss
 from taltoolkit.models.actionformer import ActionFormer
 from taltoolkit.registry import register
+
+
+def global_sum(x: Tensor) -> Tensor:
+    """``x`` summed over the processes of a torchrun job (``x`` itself when run alone); no gradient.
+
+    Normalisers that count over the batch (positives) must count over the global batch: each
+    rank sees only its share, and the single-process run of the same global batch divides by
+    the whole count.
+    """
+    x = x.detach().clone()
+    if dist_utils.is_distributed():
+        torch.distributed.all_reduce(x)
+    return x
 
 
 @register("method", "actionformer")
@@ -114,14 +128,18 @@ class ActionFormerMethod(Method):
         cls_t, reg_t, pos, valid = self.targets(out, batch)
         logits = self.flat(out["cls_logits"])  # (B, P, C)
         offsets = self.flat(out["offsets"])  # (B, P, 2)
-        norm = self.update_loss_norm(pos.sum())
+        # Under torchrun: the EMA counts the global batch's positives, and each rank's share of
+        # the sum is scaled by the world size, since DDP averages the ranks' gradients; the loss
+        # (and its gradient) is then the single process's S / N of the same global batch.
+        num_pos = global_sum(pos.sum().float())
+        norm = self.update_loss_norm(num_pos) / dist_utils.world_size()
         cls_loss = sigmoid_focal_loss(logits[valid], self.smooth(cls_t[valid]), self.focal_alpha, self.focal_gamma)
         cls_loss = cls_loss.sum() / norm
         if bool(pos.any()):
             reg_loss = diou_loss(offsets[pos], reg_t[pos]).sum() / norm
         else:
             reg_loss = offsets.sum() * 0.0  # keeps the graph (DDP) when a crop has no positive
-        self._last = {"num_pos": float(pos.sum())}
+        self._last = {"num_pos": float(num_pos)}
         return {"loss": cls_loss + self.loss_weight * reg_loss, "cls_loss": cls_loss, "reg_loss": reg_loss}
 
     def on_train_step_end(self) -> None:
