@@ -37,6 +37,7 @@ def test_rmgcl_run_writes_the_run_directory_and_inference_weights(compose, tiny_
     hist = saved["history"]
     assert hist[0]["memory_active"] == 0 and hist[0]["loss_ncl"] == 0  # warm-up epoch
     assert hist[-1]["memory_active"] == 1 and hist[-1]["loss_ncl"] > 0 and hist[-1]["loss_pseudo"] > 0
+    assert "loss_teacher" not in hist[0] and hist[-1]["loss_teacher"] > 0  # the pseudo-label teacher learns too
     assert {"loss_ins", "loss_con", "loss_back", "loss_guide", "loss_feat", "loss_sparse"} <= set(hist[-1])
 
     # The training checkpoint carries the memory bank (resume); the inference weights only T_M.
@@ -77,7 +78,7 @@ def test_memory_branch_on_case_end_to_end(compose, tiny_overrides, tmp_path):
     metrics = taltoolkit.run(cfg)
     last = metrics["history"][-1]
     assert {"loss_v", "loss_a", "loss_s", "loss_c", "loss_ncl", "loss_pseudo"} <= set(last)
-    assert last["loss_ncl"] > 0 and last["loss_pseudo"] > 0
+    assert last["loss_ncl"] > 0 and last["loss_pseudo"] > 0 and last["loss_teacher"] > 0
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["method"]
     assert {"memory.0.memory", "memory.1.memory"} <= set(state)  # one memory per stream
     inference = torch.load(tmp_path / "run" / "checkpoints" / "inference.pt", weights_only=False)["method"]

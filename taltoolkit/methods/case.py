@@ -70,6 +70,7 @@ class CASE(Method):
         attention_warmup_epochs: int = 0,  # not in the paper (0 = paper): see docs/methods/case.md
         memory_branch: Callable[..., MemoryBranch] | None = None,  # RMGCL/GKSA's branch, one per stream
         memory_test_cam: str = "main",  # with a memory branch: main | pseudo | mean T-CAS at test time
+        memory_teacher_weight: float = 1.0,  # with a memory branch: the pseudo-T-CAS learns Eq. 1 too (RMGCL Sec. III-D3)
     ) -> None:
         super().__init__()
         if scc_prior not in ("rank", "none"):
@@ -99,6 +100,7 @@ class CASE(Method):
                 for _ in range(model.streams)
             )
         self.memory_test_cam = memory_test_cam
+        self.memory_teacher_weight = memory_teacher_weight
         self.topk_ratio = topk_ratio
         self.gce_q = gce_q
         self.use_scc, self.use_ccc = use_scc, use_ccc
@@ -201,6 +203,11 @@ class CASE(Method):
                 total = total + res["loss"]  # gamma L_ps + mu L_cont (RMGCL Eq. 17)
                 for k, v in res["losses"].items():
                     losses[k] = losses.get(k, 0) + v
+                if self.memory_teacher_weight and res["pseudo_tcam"] is not None:
+                    # The pseudo-T-CAS (the distillation teacher) learns Eq. 1 on the same top-k steps.
+                    teacher = video_ce_loss(topk_mil_pool(res["pseudo_tcam"], idx, counts), y)
+                    losses["loss_teacher"] = losses.get("loss_teacher", 0) + teacher
+                    total = total + self.memory_teacher_weight * teacher
         losses["loss"] = total  # Eq. 14
         return losses
 

@@ -86,7 +86,8 @@ class RMGCL(Method):
         feature_weight: float = 5e-5,  # ACM-Net loss_lamb_2 (THUMOS14)
         sparse_weight: float = 2e-4,  # ACM-Net loss_lamb_3 (THUMOS14)
         feature_margin: float = 50.0,  # ACM-Net feature-magnitude margin
-        test_cam: str = "main",  # Sec. III-E3: the attention-weighted instance CAM of the main branch
+        test_cam: str = "pseudo",  # Sec. III-E3: proposals from the pseudo-CAM, which uses the stored T_M
+        teacher_weight: float = 1.0,  # Sec. III-D3: the pseudo-label teacher learns the video labels ([65])
     ) -> None:
         super().__init__()
         if test_cam not in TEST_CAMS:
@@ -99,6 +100,7 @@ class RMGCL(Method):
         self.guide_weight, self.feature_weight, self.sparse_weight = guide_weight, feature_weight, sparse_weight
         self.feature_margin = feature_margin
         self.test_cam = test_cam
+        self.teacher_weight = teacher_weight
         self._last: dict[str, float] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -128,6 +130,16 @@ class RMGCL(Method):
                               scores=out["tcam_ins"].softmax(-1))
             losses.update(res["losses"])
             total = total + res["loss"]  # gamma L_ps + mu L_cont of Eq. 17
+            if self.teacher_weight and res["pseudo_tcam"] is not None:
+                # The teacher of the privileged distillation (Sec. III-D3) is the shared CAM head on
+                # F_fuse; it learns the same Eq. 5 task as the student, through the (fixed) attention.
+                # Without it only rho D_t would train GKSA and the fusion (docs/methods/rmgcl.md).
+                w = att.detach()
+                p = res["pseudo_tcam"]
+                teacher = three_branch_mil_loss((p * w[..., 0:1], p * w[..., 1:2], p * w[..., 2:3]), y,
+                                                self.topk_ratios, mask)
+                losses["loss_teacher"] = sum(teacher.values())
+                total = total + self.teacher_weight * losses["loss_teacher"]
             self._last = {"memory_active": float(res["active"])}
             if res["uncertainty"] is not None:
                 self._last["uncertainty"] = float(res["uncertainty"][mask].mean())
