@@ -108,7 +108,7 @@ def test_has_and_plri_wrap_case_attention():
     assert np.all((s >= -1) & (s <= 1)) and in_p.dtype == bool and in_p.tolist() == (s >= 0).tolist()
 
 
-@pytest.mark.parametrize("layout", ["wtalc", "concat"])
+@pytest.mark.parametrize("layout", ["wtalc", "split", "concat"])
 def test_copl_on_thumos14_config_in_real_layouts(compose, tmp_path, layout):
     """method=copl dataset=thumos14 dataset.root=DIR on features written in real layouts with the real GT."""
     from conftest import thumos14_layout_overrides
