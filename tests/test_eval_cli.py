@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -219,3 +220,21 @@ def test_bench_sinkhorn_smoke(tmp_path):
     report = json.loads(out.read_text())
     assert report["identical"] is True and report["max_abs_plan_difference"] < 1e-9
     assert len(report["runs"]) == 3
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("rmgcl", ["--label-mode", "weak", "model.hidden_dim=32", "memory_branch.num_heads=2"]),
+    ("copl", ["--label-mode", "none", "method.iterations=1", "method.shift_channels=8", "model.hidden_dim=16"]),
+])
+def test_bench_train_smoke(tmp_path, method, extra):
+    """tools/bench.py train times an epoch of any method (COPL's clustering stage gets real inference)."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench.py"), "train", "--method", method, "--videos", "24",
+         "--num-segments", "32", "--feature-dim", "32", "--batch-size", "8", "--epochs", "1", "--out", str(out),
+         *extra],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["method"] == method and all(r["seconds_per_epoch"] > 0 for r in report["runs"].values())
