@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Stage, StageContext
 from taltoolkit.losses.contrastive import (
     kmeans,
@@ -44,7 +45,6 @@ from taltoolkit.losses.detection import (
     quality_focal_loss,
     sigmoid_focal_loss,
 )
-from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.methods.actionformer import ActionFormerMethod, global_sum
 from taltoolkit.models.actionformer import ActionFormer
 from taltoolkit.postprocess.proposals import segment_postprocess
