@@ -90,7 +90,8 @@ def plot_videos(
         ax.set_xlim(0, max(video.duration, float(t[-1]) if len(t) else 1.0))
         ax.set_xlabel("seconds")
         ax.set_title(f"{video.name}: ground truth (green), top detections (red)")
-        ax.legend(loc="upper right", fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # detectors (ActionFormer) plot no CAS curve
+            ax.legend(loc="upper right", fontsize=7)
         fig.tight_layout()
         fig.savefig(folder / f"{video.name}.png", dpi=80)
         plt.close(fig)
