@@ -3,6 +3,9 @@
 
 A thin ``@hydra.main`` wrapper around :func:`taltoolkit.run`; everything else is config.
 """
+import logging
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -24,3 +27,12 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun the run is complete here (outputs written atomically, process group
+        # left). Skip the interpreter's teardown: c10d/gloo threads still joinable in C++
+        # static destructors can abort a finished rank ("terminate called without an active
+        # exception"), which torchrun reports as a failed job.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -74,4 +74,5 @@ def cleanup() -> None:
     """Leave the process group. Exiting with it alive can abort the process (gloo's threads
     are still joinable at interpreter shutdown: "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()  # no rank leaves while another still has a collective in flight
         dist.destroy_process_group()
