@@ -51,7 +51,9 @@ def _copy_level(v: Video, level: str) -> Video:
     )
 
 
-def _primary_class(v: Video) -> int:
+def primary_class(v: Video) -> int:
+    """A video's single class: its most frequent instance class (lowest id on ties), else the
+    first of its video labels; -1 when it has none (the semi split's strata, COPL's metrics)."""
     if v.labels.size:
         counts = np.bincount(v.labels.astype(np.int64))
         return int(np.argmax(counts))  # argmax returns the lowest id on ties
@@ -69,7 +71,7 @@ def choose_labelled(videos: Sequence[Video], fraction: float, seed: int) -> list
         return []
     strata: dict[int, list[str]] = {}
     for v in videos:
-        strata.setdefault(_primary_class(v), []).append(v.name)
+        strata.setdefault(primary_class(v), []).append(v.name)
     keys = sorted(strata)
     total = min(n, max(1, int(np.floor(fraction * n + 0.5))))  # half rounds up
     exact = np.array([fraction * len(strata[k]) for k in keys])

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from taltoolkit.data.views import primary_class
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.evaluation.clustering import clustering_scores
 from taltoolkit.losses.copl import (
@@ -70,16 +71,6 @@ from taltoolkit.structures import Video
 log = logging.getLogger("taltoolkit")
 
 INITIAL_ATTENTION = ("model", "uniform")
-
-
-def primary_class(v: Video) -> int:
-    """A video's single true class for clustering metrics: its most frequent instance class
-    (lowest id on ties), else the first of its video labels; -1 if it has none."""
-    if v.labels is not None and len(v.labels):
-        return int(np.argmax(np.bincount(np.asarray(v.labels, np.int64))))
-    if v.video_labels is not None and np.asarray(v.video_labels).any():
-        return int(np.argmax(v.video_labels))
-    return -1
 
 
 @register("method", "copl")
