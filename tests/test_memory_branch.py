@@ -390,3 +390,26 @@ def test_plugs_onto_case_two_stream_network() -> None:
     assert all(b.memory_count[g] > 0 for b in branches)  # background row filled from 1 - attention
     with pytest.raises(ValueError, match="tcam"):  # a C+1 TCAM is refused when background=False
         branches[0](emb, torch.randn(2, 10, g + 1), y, mask, classify)
+
+
+def test_evaluation_summarises_the_memory_once_until_training_changes_it() -> None:
+    torch.manual_seed(0)
+    net, branch = ACMNet(D, C, hidden_dim=H, dropout=0.0), small_branch()
+    x, mask, y = batch()
+    run(branch, net, x, mask, y)  # fills the memory
+    calls = []
+    branch.summarizer.register_forward_hook(lambda *a: calls.append(1))
+    branch.eval()
+    first = run(branch, net, x, mask, y)[1]["pseudo_tcam"]
+    second = run(branch, net, x, mask, y)[1]["pseudo_tcam"]
+    assert len(calls) == 1 and torch.equal(first, second)  # T_M computed once for both videos
+    branch.train()
+    run(branch, net, x, mask, y)  # a training step (memory update, weights may change)
+    calls.clear()
+    branch.eval()
+    run(branch, net, x, mask, y)
+    assert len(calls) == 1  # re-summarised after training
+    branch.load_state_dict(branch.state_dict())
+    calls.clear()
+    run(branch, net, x, mask, y)
+    assert len(calls) == 1  # and after loading weights

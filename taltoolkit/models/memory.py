@@ -259,6 +259,10 @@ class MemoryBranch(nn.Module):
         )
         self.fusion = _mlp(2 * embed_dim, embed_dim, embed_dim, dropout)  # Eq. 13 FFN on [F', F]
         self.register_load_state_dict_pre_hook(_fill_training_state)
+        # True while the stored T_M equals what the memory and the current weights give; only a
+        # training step, a memory update or a load can change either, and each clears it. Lets
+        # evaluation summarise the memory once instead of once per predicted video.
+        self._summary_fresh = False
 
     # ------------------------------------------------------------------ state
     def set_epoch(self, epoch: int) -> None:
@@ -299,6 +303,7 @@ class MemoryBranch(nn.Module):
             self.memory, self.memory_count, self.memory_ptr, features, rows, alpha=self.momentum
         )
         self.memory, self.memory_count, self.memory_ptr = memory, count, ptr
+        self._summary_fresh = False
 
     def _gather(self, features: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         if not (self.distributed and dist_utils.is_distributed()):
@@ -345,13 +350,19 @@ class MemoryBranch(nn.Module):
         self.summary_mask.copy_(valid)
         return self.summary
 
+    def _refresh_summary(self) -> None:
+        """Re-summarise the memory into the stored T_M unless it is already current."""
+        if not self._summary_fresh and self.memory_filled():
+            self.compress()
+            self._summary_fresh = True
+
     def inference_state(self) -> dict[str, Tensor]:
         """State dict for deployment: T_M compressed and stored, the memory bank and summariser left out.
 
         A fresh branch loads it with ``load_state_dict`` (strict) and, in eval mode, gives the
         same outputs as this one.
         """
-        self.compress()
+        self._refresh_summary()
         drop = set(self.training_only_keys())
         return {k: v for k, v in self.state_dict().items() if k not in drop}
 
@@ -409,6 +420,8 @@ class MemoryBranch(nn.Module):
             "active": False, "fused": None, "pseudo_tcam": None, "uncertainty": None,
             "losses": {"loss_ncl": zero, "loss_pseudo": zero}, "loss": zero, "regional": None,
         }
+        if self.training:
+            self._summary_fresh = False  # this step's optimizer update will change the weights
         if not self.is_active:
             return out
         out["active"] = True
@@ -419,7 +432,7 @@ class MemoryBranch(nn.Module):
         else:
             # Inference reads the stored T_M only, refreshed first when a memory is present, so a
             # branch loaded without the memory computes exactly the same thing.
-            self.compress()
+            self._refresh_summary()
             t_m, valid = self.summary, self.summary_mask
         if bool(valid.any()):
             agg = self.aggregate(embeddings, t_m.to(embeddings.dtype), valid)  # (B, T, H): F'
@@ -471,6 +484,7 @@ def _fill_training_state(
     The missing entries keep the loading module's own values (an empty memory, untrained
     summariser), which inference never reads; any other missing key still fails a strict load.
     """
+    module._summary_fresh = False  # new weights, and maybe a new memory
     mask = state_dict.get(prefix + "summary_mask")
     if mask is None or not bool(mask.any()):
         return
