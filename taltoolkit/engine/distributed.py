@@ -61,6 +61,18 @@ def broadcast_object(obj):  # noqa: ANN001, ANN201 - any picklable object
     return box[0]
 
 
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the ranks of a torchrun job, as a detached copy (a plain copy when run alone).
+
+    For counts and normalisers that must cover the global batch (ActionFormer's positives,
+    logged losses): each rank sees only its share of it.
+    """
+    x = x.detach().clone()
+    if is_distributed():
+        dist.all_reduce(x)
+    return x
+
+
 def all_gather_tensor(x: torch.Tensor) -> torch.Tensor:
     """Concatenate equally-shaped tensors from every rank along dim 0 (no gradient)."""
     if not is_distributed():

@@ -316,8 +316,8 @@ class Trainer:
                 if self.distributed and sums:
                     # Log the global batch's losses, not rank 0's half.
                     keys = sorted(sums)
-                    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device)
-                    torch.distributed.all_reduce(t)
+                    t = dist_utils.all_reduce_sum(
+                        torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
                     sums = {k: float(v) / dist_utils.world_size() for k, v in zip(keys, t.tolist())}
                 row = {"stage": stage.name, "epoch": epoch, "lr": epoch_lr}
                 row.update({k: v / max(1, n_steps) for k, v in sums.items()})

@@ -22,19 +22,6 @@ from taltoolkit.models.actionformer import ActionFormer
 from taltoolkit.registry import register
 
 
-def global_sum(x: Tensor) -> Tensor:
-    """``x`` summed over the processes of a torchrun job (``x`` itself when run alone); no gradient.
-
-    Normalisers that count over the batch (positives) must count over the global batch: each
-    rank sees only its share, and the single-process run of the same global batch divides by
-    the whole count.
-    """
-    x = x.detach().clone()
-    if dist_utils.is_distributed():
-        torch.distributed.all_reduce(x)
-    return x
-
-
 @register("method", "actionformer")
 class ActionFormerMethod(Method):
     """ActionFormer: anchor-free one-stage detector; focal classification + DIoU regression."""
@@ -131,7 +118,7 @@ class ActionFormerMethod(Method):
         # Under torchrun: the EMA counts the global batch's positives, and each rank's share of
         # the sum is scaled by the world size, since DDP averages the ranks' gradients; the loss
         # (and its gradient) is then the single process's S / N of the same global batch.
-        num_pos = global_sum(pos.sum().float())
+        num_pos = dist_utils.all_reduce_sum(pos.sum().float())
         norm = self.update_loss_norm(num_pos) / dist_utils.world_size()
         cls_loss = sigmoid_focal_loss(logits[valid], self.smooth(cls_t[valid]), self.focal_alpha, self.focal_gamma)
         cls_loss = cls_loss.sum() / norm

@@ -45,7 +45,7 @@ from taltoolkit.losses.detection import (
     quality_focal_loss,
     sigmoid_focal_loss,
 )
-from taltoolkit.methods.actionformer import ActionFormerMethod, global_sum
+from taltoolkit.methods.actionformer import ActionFormerMethod
 from taltoolkit.models.actionformer import ActionFormer
 from taltoolkit.postprocess.proposals import segment_postprocess
 from taltoolkit.pseudo.apl import (
@@ -320,7 +320,7 @@ class APL(ActionFormerMethod):
             raise RuntimeError(f"APL's detection loss got videos without instance labels ({sorted(set(levels))})")
         # Positive counts of the global batch (every rank's under torchrun); each rank's share is
         # scaled by the world size because DDP averages gradients: same loss as one process.
-        counts = global_sum(torch.stack([pos[~is_pseudo].sum(), pos[is_pseudo].sum(), is_pseudo.sum()]).float())
+        counts = dist_utils.all_reduce_sum(torch.stack([pos[~is_pseudo].sum(), pos[is_pseudo].sum(), is_pseudo.sum()]).float())
         n_sup, n_uns = counts[0].clamp(min=1), counts[1].clamp(min=1)
         w = torch.where(is_pseudo, self.beta / n_uns, 1.0 / n_sup) * dist_utils.world_size()
         w = w.to(logits.dtype)[:, None]  # (B, 1) per point
