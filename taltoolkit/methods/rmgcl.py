@@ -29,7 +29,7 @@ from taltoolkit.losses.acmnet import (
     sparse_attention_loss,
     three_branch_mil_loss,
 )
-from taltoolkit.models.acmnet import ACMNet
+from taltoolkit.models.acmnet import ACMNet, weighted_tcams
 from taltoolkit.models.memory import MemoryBranch
 from taltoolkit.registry import register
 
@@ -134,9 +134,7 @@ class RMGCL(Method):
                 # The teacher of the privileged distillation (Sec. III-D3) is the shared CAM head on
                 # F_fuse; it learns the same Eq. 5 task as the student, through the (fixed) attention.
                 # Without it only rho D_t would train GKSA and the fusion (docs/methods/rmgcl.md).
-                w = att.detach()
-                p = res["pseudo_tcam"]
-                teacher = three_branch_mil_loss((p * w[..., 0:1], p * w[..., 1:2], p * w[..., 2:3]), y,
+                teacher = three_branch_mil_loss(weighted_tcams(res["pseudo_tcam"], att.detach()), y,
                                                 self.topk_ratios, mask)
                 losses["loss_teacher"] = sum(teacher.values())
                 total = total + self.teacher_weight * losses["loss_teacher"]

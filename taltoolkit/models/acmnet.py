@@ -26,6 +26,14 @@ from taltoolkit.registry import register
 Tensor = torch.Tensor
 
 
+def weighted_tcams(cam: Tensor, attention: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 4: each branch's attention (B, T, 3) scales the class logits (B, T, K) of every step.
+
+    Returns A^ins, A^con, A^back, each (B, T, K). Also used on RMGCL's pseudo-CAM (Eq. 14).
+    """
+    return cam * attention[..., 0:1], cam * attention[..., 1:2], cam * attention[..., 2:3]
+
+
 @register("backbone", "acmnet")
 class ACMNet(nn.Module):
     """ACM-Net main branch: conv embedding, single-FC C+1 CAM head, three-branch attention (Eq. 1-4).
@@ -89,12 +97,12 @@ class ACMNet(nn.Module):
             # One Bernoulli draw per step, shared by all channels: whole steps vanish.
             cam_in = cam_in * self.dropout(emb.new_ones(b, t, 1))
         cam = self.classify(self.dropout(cam_in))  # (B, T, C+1): A of Eq. 2
+        tcam_ins, tcam_con, tcam_back = weighted_tcams(cam, att)  # A^m of Eq. 4
         return {
             "embeddings": emb,
             "cam": cam,
             "attention": att,
-            # Eq. 4: each branch's attention scales the class logits of every step.
-            "tcam_ins": cam * att[..., 0:1],
-            "tcam_con": cam * att[..., 1:2],
-            "tcam_back": cam * att[..., 2:3],
+            "tcam_ins": tcam_ins,
+            "tcam_con": tcam_con,
+            "tcam_back": tcam_back,
         }
