@@ -162,9 +162,8 @@ class RMGCL(Method):
         if self.memory is not None and self.test_cam != "main":
             res = self.memory(out["embeddings"], out["cam"], None, mask, self.model.classify)
             pseudo = res["pseudo_tcam"]  # (B, T, C+1) or None without knowledge
-        cam = out["cam"]
         # The attention-weighted instance CAM (Eq. 4), of the main CAM or of the memory's pseudo-CAM.
-        probs = memory_test_cam(cam * att[..., :1], None if pseudo is None else pseudo * att[..., :1], self.test_cam)
+        probs = memory_test_cam(out["tcam_ins"], None if pseudo is None else pseudo * att[..., :1], self.test_cam)
         results = []
         for i in range(x.shape[0]):
             n = int(mask[i].sum())
