@@ -43,6 +43,17 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed % 2**63, epoch % 2**63, index]))
 
 
+def keyed_generator(*key: int) -> torch.Generator:
+    """A CPU torch generator seeded by the integers ``key``: :func:`item_rng` for torch draws.
+
+    For random choices a method makes inside a training step (APL's ACP frames, k-means
+    seeds, ICD pairs): keyed by (seed, stage, epoch, video indices), not by the process, so
+    torchrun's ranks and a single process draw the same numbers for the same videos.
+    """
+    state = np.random.SeedSequence([int(k) % 2**63 for k in key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed((int(state[0]) << 31) ^ int(state[1]))
+
+
 def perturbed_indices(t: int, n: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` sorted step indices of a length-``t`` video (W-TALC style sampling).
 

@@ -5,6 +5,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -73,13 +74,77 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def all_gather_tensor(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate equally-shaped tensors from every rank along dim 0 (no gradient)."""
+def all_gather_rows(x: Tensor) -> Tensor:
+    """Every rank's ``x`` (N_r, ...) concatenated in rank order along dim 0 (N_r may differ).
+
+    No gradient; for labels, counts and the inputs of batch statistics (k-means, ranks).
+    """
     if not is_distributed():
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, 0)
+    return _gather_rows(x)[0]
+
+
+def all_gather_rows_with_grad(x: Tensor) -> Tensor:
+    """:func:`all_gather_rows` whose gradient reaches this rank's rows.
+
+    For a batch statistic (a contrastive set, a prototype) that every rank computes alike over
+    the global batch: the backward sums the incoming gradient over the ranks, so each rank's
+    rows get the whole loss's gradient times the world size, which DDP's gradient averaging
+    divides back out -- the same update as one process with the global batch.
+    """
+    if not is_distributed():
+        return x
+    return _GatherRowsWithGrad.apply(x)
+
+
+def all_reduce_sum_with_grad(x: Tensor) -> Tensor:
+    """``x`` summed over the ranks, with the gradient rule of :func:`all_gather_rows_with_grad`
+    (for sums over the global batch: CASE's prototypes)."""
+    if not is_distributed():
+        return x
+    return _AllReduceSumWithGrad.apply(x)
+
+
+def _gather_rows(x: Tensor) -> tuple[Tensor, list[int]]:
+    x = x.contiguous()
+    n = torch.tensor([x.shape[0]], device=x.device, dtype=torch.long)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    counts = [int(s) for s in sizes]
+    longest = max(counts)
+    padded = x.new_zeros((longest, *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)], 0), counts
+
+
+class _GatherRowsWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001 - autograd context
+        out, counts = _gather_rows(x.detach())
+        ctx.start, ctx.count = sum(counts[: rank()]), counts[rank()]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.start : ctx.start + ctx.count]
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: ANN001
+        out = x.detach().contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: ANN001
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 def cleanup() -> None:

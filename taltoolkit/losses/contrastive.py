@@ -44,20 +44,24 @@ def set_infonce(features: Tensor, labels: Tensor, temperature: float) -> Tensor:
 
 
 @torch.no_grad()
-def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
-    """Cluster labels (N,) of x (N, D) into ``min(k, N)`` clusters (k-means++ seeding, Lloyd)."""
+def kmeans(x: Tensor, k: int, iters: int = 10, generator: torch.Generator | None = None) -> Tensor:
+    """Cluster labels (N,) of x (N, D) into ``min(k, N)`` clusters (k-means++ seeding, Lloyd).
+
+    The seeding draws come from ``generator`` (a CPU generator; the global RNG when None).
+    """
     n = x.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=x.device)
     k = max(1, min(int(k), n))
     x = x.float()
-    centres = x[torch.randint(n, (1,), device=x.device)]  # (1, D)
+    centres = x[int(torch.randint(n, (1,), generator=generator))][None]  # (1, D)
     for _ in range(1, k):
         d2 = torch.cdist(x, centres).pow(2).min(1).values  # (N,)
         if float(d2.sum()) <= 0:
-            centres = torch.cat([centres, x[torch.randint(n, (1,), device=x.device)]])
-            continue
-        centres = torch.cat([centres, x[torch.multinomial(d2, 1)]])
+            pick = int(torch.randint(n, (1,), generator=generator))
+        else:
+            pick = int(torch.multinomial(d2.cpu(), 1, generator=generator))
+        centres = torch.cat([centres, x[pick][None]])
     labels = torch.cdist(x, centres).argmin(1)
     for _ in range(iters):
         for c in range(k):
@@ -71,14 +75,19 @@ def kmeans(x: Tensor, k: int, iters: int = 10) -> Tensor:
     return labels
 
 
-def sample_partition_frames(length: int, n: int, device: torch.device) -> Tensor:
-    """Indices (min(n, length),): one uniformly drawn step in each of n equal parts of [0, length)."""
+def sample_partition_frames(length: int, n: int, device: torch.device,
+                            generator: torch.Generator | None = None) -> Tensor:
+    """Indices (min(n, length),): one uniformly drawn step in each of n equal parts of [0, length).
+
+    The draws come from ``generator`` (a CPU generator; the global RNG when None).
+    """
     n = min(int(n), int(length))
     if n <= 0:
         return torch.zeros(0, dtype=torch.long, device=device)
-    edges = torch.div(torch.arange(n + 1, device=device) * length, n, rounding_mode="floor")  # (n + 1,)
+    edges = torch.div(torch.arange(n + 1) * length, n, rounding_mode="floor")  # (n + 1,)
     lo, width = edges[:-1], (edges[1:] - edges[:-1]).clamp(min=1)
-    return lo + (torch.rand(n, device=device) * width).long().clamp(max=width - 1)
+    idx = lo + (torch.rand(n, generator=generator) * width).long().clamp(max=width - 1)
+    return idx.to(device)
 
 
 def pyramid_to_input(levels: list[Tensor], length: int, scale_factor: int) -> Tensor:

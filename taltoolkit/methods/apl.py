@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import zlib
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from taltoolkit.engine import distributed as dist_utils
+from taltoolkit.data.sampling import keyed_generator
 from taltoolkit.engine.method import Stage, StageContext
 from taltoolkit.losses.contrastive import (
     kmeans,
@@ -156,6 +158,7 @@ class APL(ActionFormerMethod):
                             "multiclass": True, "voting_thresh": 0.0}
         self.icd = ConsistencyDiscriminator(model.in_dim, icd_hidden) if use_icd else None
         self._phase = "supervised"
+        self._stage_key, self._epoch = 0, 0  # with the seed and the videos, they key ACP's and ICD's draws
         self._all: list[Video] | None = None
         self._pseudo: dict[str, tuple[list, list]] = {}  # video -> (segments in seconds, labels)
         self._stage_metrics: dict[str, Any] = {}
@@ -184,6 +187,7 @@ class APL(ActionFormerMethod):
                                  "(label_mode=weak is not supported)")
         labelled = [v for v in self._all if v.label_level == "full"]
         self._phase = stage.options.get("phase", "supervised")
+        self._stage_key = zlib.crc32(stage.name.encode())
         self._stage_metrics = {}
         assert context.set_train_videos is not None
         if self._phase == "acp":
@@ -201,6 +205,9 @@ class APL(ActionFormerMethod):
             pseudo_videos = [self._pseudo_video(v) for v in unlabelled if len(self._pseudo.get(v.name, ((), ()))[1])]
             context.set_train_videos(labelled + pseudo_videos)
         self._saved_metrics = dict(self._stage_metrics)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self._epoch = epoch
 
     def _pseudo_video(self, v: Video) -> Video:
         segs, labels = self._pseudo[v.name]
@@ -352,6 +359,14 @@ class APL(ActionFormerMethod):
             out_losses["locq_loss"] = locq_loss
         return out_losses
 
+    # ACP's fine contrast and ICD's pairs are sets over the batch. Under torchrun every rank
+    # gathers the global batch's rows (in rank order, the single process's order) and computes
+    # the same set loss, with gradients reaching each rank's own rows
+    # (``all_gather_rows_with_grad``); the random draws are keyed by (seed, stage, epoch,
+    # videos), not by the process. N processes then train on one process's objective.
+    def _generator(self, *videos: int) -> torch.Generator:
+        return keyed_generator(torch.initial_seed(), self._stage_key, self._epoch, *videos)
+
     def acp_losses(self, out: dict[str, Any], batch: dict[str, Any], supervised: bool) -> dict[str, Tensor]:
         """ACP (Sec. 3.3) on sampled frames of the concatenated, upsampled pyramid features.
 
@@ -364,7 +379,8 @@ class APL(ActionFormerMethod):
         rep = pyramid_to_input(out["features"], x.shape[1], self.model.scale_factor)  # (B, T, L * F)
         coarse, fine_f, fine_x, fine_l = [], [], [], []
         for b in range(x.shape[0]):
-            idx = sample_partition_frames(int(mask[b].sum()), self.acp_frames, x.device)  # (N,)
+            g = self._generator(int(batch["index"][b]))
+            idx = sample_partition_frames(int(mask[b].sum()), self.acp_frames, x.device, generator=g)  # (N,)
             f = rep[b, idx]  # (N, L * F)
             if supervised:
                 centre = idx.to(torch.float32) + 0.5
@@ -377,39 +393,43 @@ class APL(ActionFormerMethod):
                     has = inside.any(1)
                     cls[has] = labs[lens.argmin(1)][has]
                 coarse_l = (cls < self.num_classes).long()
+                fine_l.append(cls)
             else:
-                cls = None
-                coarse_l = kmeans(x[b, idx], 2)
+                coarse_l = kmeans(x[b, idx], 2, generator=g)
             if self.acp_coarse:
                 coarse.append(set_infonce(f, coarse_l, self.acp_temperature))
             fine_f.append(f)
             fine_x.append(x[b, idx])
-            if cls is not None:
-                fine_l.append(cls)
         losses: dict[str, Tensor] = {}
-        if self.acp_coarse and coarse:
-            losses["loss_conc"] = torch.stack(coarse).mean()
-        if self.acp_fine and fine_f:
-            feats = torch.cat(fine_f)
+        if self.acp_coarse:  # Eq. 11 per video, averaged over the global batch's videos
+            losses["loss_conc"] = dist_utils.all_gather_rows_with_grad(torch.stack(coarse)).mean()
+        if self.acp_fine:
+            feats = dist_utils.all_gather_rows_with_grad(torch.cat(fine_f))  # (N_global, L * F)
             if supervised:
-                labels = torch.cat(fine_l)
+                labels = dist_utils.all_gather_rows(torch.cat(fine_l))
             else:
-                k = self.acp_fine_clusters or x.shape[0]
-                labels = kmeans(torch.cat(fine_x), k)
+                videos = dist_utils.all_gather_rows(batch["index"].to(x.device))  # (B_global,)
+                k = self.acp_fine_clusters or videos.numel()
+                labels = kmeans(dist_utils.all_gather_rows(torch.cat(fine_x)), k,
+                                generator=self._generator(*videos.tolist()))
             losses["loss_conf"] = set_infonce(feats, labels, self.acp_temperature)
         return losses
 
     def icd_batch_loss(self, batch: dict[str, Any]) -> Tensor:
         """Eq. 8 on the ground-truth instances of the batch's labelled videos (not pseudo-labels)."""
         assert self.icd is not None
-        feats, labels = [], []
+        x = batch["features"]
+        feats, labels = [x.new_zeros(0, x.shape[-1])], [torch.zeros(0, dtype=torch.long, device=x.device)]
         for b, lv in enumerate(batch["label_level"]):
             if lv == "full" and batch["segments"][b].numel():
-                feats.append(instance_features(batch["features"][b][batch["mask"][b]], batch["segments"][b]))
-                labels.append(batch["labels"][b].to(batch["features"].device))
-        if not feats:
-            return sum(p.sum() * 0.0 for p in self.icd.parameters())  # type: ignore[return-value]
-        return icd_loss(self.icd, torch.cat(feats), torch.cat(labels), self.icd_pairs)
+                feats.append(instance_features(x[b][batch["mask"][b]], batch["segments"][b]))
+                labels.append(batch["labels"][b].to(x.device))
+        # The instances are the input features' (no gradient), so a plain gather suffices: every
+        # rank computes the same loss on the discriminator.
+        videos = dist_utils.all_gather_rows(batch["index"].to(x.device))
+        return icd_loss(self.icd, dist_utils.all_gather_rows(torch.cat(feats)),
+                        dist_utils.all_gather_rows(torch.cat(labels)), self.icd_pairs,
+                        generator=self._generator(-1, *videos.tolist()))
 
     # ------------------------------------------------------------------ inference
     def point_scores(self, out: dict[str, Any]) -> list[Tensor]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Method
 from taltoolkit.losses.clustering import (
     cluster_fb_logits,
@@ -66,7 +67,7 @@ class CASE(Method):
         scc_labelling: str = "ot_soft",  # Table 4: ot_soft | ot_hard | argmax | softmax (w/o OT)
         test_foreground: str = "fused",  # Table 6: fused P^M | attention P^A | transformed P^T
         fusion_weight: float = 0.5,  # P^M = w P^A + (1 - w) P^T, Sec. 4.3
-        distributed_sinkhorn: bool = True,  # solve Sinkhorn over the global batch under torchrun
+        global_batch: bool = True,  # under torchrun: SCC/CCC's batch statistics over the global batch
         attention_warmup_epochs: int = 0,  # not in the paper (0 = paper): see docs/methods/case.md
         memory_branch: Callable[..., MemoryBranch] | None = None,  # RMGCL/GKSA's branch, one per stream
         memory_test_cam: str = "main",  # with a memory branch: main | pseudo | mean T-CAS at test time
@@ -111,7 +112,7 @@ class CASE(Method):
         self.scc_labelling = scc_labelling
         self.test_foreground = test_foreground
         self.fusion_weight = fusion_weight
-        self.distributed_sinkhorn = distributed_sinkhorn
+        self.global_batch = global_batch
         self.attention_warmup_epochs = attention_warmup_epochs
         self._epoch = 0
         k = max(1, model.num_clusters)
@@ -179,9 +180,9 @@ class CASE(Method):
                 q_a_flat = q_a.reshape(-1)[valid]  # (N,)
                 fb = torch.stack([q_a_flat, 1 - q_a_flat], -1)  # (N, 2)
                 stream_logits = torch.stack(
-                    [cluster_fb_logits(cluster_prototypes(q_s, e), cluster_prototypes(fb, e), self.rho) for e in emb]
+                    [cluster_fb_logits(self._prototypes(q_s, e), self._prototypes(fb, e), self.rho) for e in emb]
                 )  # (S, K, 2), Eq. 4-5
-                beta = fb_marginal(q_a_flat) if self.ccc_marginal == "empirical" else None  # Eq. 13 / Eq. 9
+                beta = self._fb_marginal(q_a_flat) if self.ccc_marginal == "empirical" else None  # Eq. 13 / Eq. 9
                 q_c = sinkhorn_labels(
                     stream_logits.mean(0).detach(), epsilon=self.sinkhorn_epsilon, n_iter=self.sinkhorn_iters,
                     col_marginal=beta,
@@ -235,14 +236,45 @@ class CASE(Method):
             return F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
         prior = None
         if self.scc_prior == "rank":
-            prior = rank_gaussian_prior(attention, self.cluster_fb[:, 0], self.sigma)  # Eq. 11
+            prior = self._rank_prior(attention)  # Eq. 11
         q = sinkhorn_labels(
             logits, epsilon=self.sinkhorn_epsilon, n_iter=self.sinkhorn_iters, prior=prior,
-            distributed=self.distributed_sinkhorn,
+            distributed=self.global_batch,
         )  # Eq. 10 / Eq. 12
         if self.scc_labelling == "ot_hard":
             q = F.one_hot(q.argmax(-1), q.shape[-1]).float()
         return q
+
+    # Under torchrun each rank holds 1/N of the batch. The paper's batch statistics -- SCC's
+    # Sinkhorn (above) and rank prior, CCC's prototypes and marginal -- are taken over the
+    # global batch, so that N processes train on one process's objective (docs/scaling.md).
+    def _use_global(self) -> bool:
+        return self.global_batch and dist_utils.is_distributed()
+
+    def _rank_prior(self, attention: torch.Tensor) -> torch.Tensor:
+        """Eq. 11 for this rank's snippets (N,), ranked among the global batch's."""
+        if not self._use_global():
+            return rank_gaussian_prior(attention, self.cluster_fb[:, 0], self.sigma)  # (N, K)
+        everyone = dist_utils.all_gather_rows(attention)  # rank order = the single process's order
+        sizes = dist_utils.all_gather_rows(torch.tensor([attention.shape[0]], device=attention.device))
+        start = int(sizes[: dist_utils.rank()].sum())
+        return rank_gaussian_prior(everyone, self.cluster_fb[:, 0], self.sigma)[start : start + attention.shape[0]]
+
+    def _prototypes(self, assign: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 over the global batch: the weighted sums add over ranks (gradient included)."""
+        if not self._use_global():
+            return cluster_prototypes(assign, emb)  # (K, D)
+        sums = dist_utils.all_reduce_sum_with_grad(assign.to(emb.dtype).transpose(0, 1) @ emb)  # (K, D)
+        return F.normalize(sums, dim=-1)  # as cluster_prototypes normalises the local sums
+
+    def _fb_marginal(self, q_a: torch.Tensor) -> torch.Tensor:
+        """Eq. 13 over the global batch."""
+        if not self._use_global():
+            return fb_marginal(q_a)
+        q = q_a.detach().float()
+        fg, n = dist_utils.all_reduce_sum(torch.stack([q.sum(), torch.full_like(q[:1], q.numel())[0]]))
+        share = fg / n.clamp_min(1e-12)
+        return torch.stack([share, 1 - share]).to(q_a.dtype)
 
     def log_metrics(self) -> dict[str, float]:
         return dict(self._last)

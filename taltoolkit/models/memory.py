@@ -308,15 +308,7 @@ class MemoryBranch(nn.Module):
     def _gather(self, features: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
         if not (self.distributed and dist_utils.is_distributed()):
             return features, rows
-        n = torch.tensor([rows.numel()], device=features.device)
-        most = int(dist_utils.all_gather_tensor(n).max())
-        pad_f = features.new_zeros(most, features.shape[-1])
-        pad_r = rows.new_full((most,), -1)
-        pad_f[: rows.numel()] = features
-        pad_r[: rows.numel()] = rows
-        all_f, all_r = dist_utils.all_gather_tensor(pad_f), dist_utils.all_gather_tensor(pad_r)
-        keep = all_r >= 0
-        return all_f[keep], all_r[keep]
+        return dist_utils.all_gather_rows(features), dist_utils.all_gather_rows(rows)
 
     def knowledge(self) -> tuple[Tensor, Tensor]:
         """The knowledge Eq. 12 aggregates: (T_M (S, H), valid (S,) bool).

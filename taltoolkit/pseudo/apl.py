@@ -89,13 +89,15 @@ def instance_features(features: Tensor, segments: Tensor) -> Tensor:
     return torch.stack(out)
 
 
-def icd_loss(disc: ConsistencyDiscriminator, feats: Tensor, labels: Tensor, pairs: int = 4) -> Tensor:
+def icd_loss(disc: ConsistencyDiscriminator, feats: Tensor, labels: Tensor, pairs: int = 4,
+             generator: torch.Generator | None = None) -> Tensor:
     """Eq. 7-8 on the M labelled instances of a batch: feats (M, D), labels (M,).
 
     For each anchor, ``pairs`` partners are drawn with replacement from its same-class set
     G_i (others than itself) and ``pairs`` from its other-class set; BCE pushes D to 1 on the
     former and 0 on the latter ("we sample a fixed number of instances for the two sets to
     ensure a balanced training"). Anchors whose set is empty skip that term. 0 when nothing pairs.
+    The partners are drawn with ``generator`` (a CPU generator; the global RNG when None).
     """
     m = feats.shape[0]
     dev = feats.device
@@ -109,7 +111,7 @@ def icd_loss(disc: ConsistencyDiscriminator, feats: Tensor, labels: Tensor, pair
         if not bool(has.any()):
             continue
         anchors = torch.nonzero(has).squeeze(1).repeat_interleave(pairs)  # (A * pairs,)
-        partners = torch.multinomial(mask[anchors].float(), 1).squeeze(1)  # one draw per row
+        partners = torch.multinomial(mask[anchors].float().cpu(), 1, generator=generator).squeeze(1).to(dev)
         logits = disc(feats[anchors], feats[partners])
         terms.append(F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target)))
     if not terms:
