@@ -127,7 +127,8 @@ def test_copl_on_thumos14_config_in_real_layouts(compose, tmp_path, layout):
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_processes_cluster_like_one(tmp_path):
-    """Under torchrun every rank predicts every training video, so the clustering is the same."""
+    """Under torchrun every rank predicts every training video, so the clustering is the same;
+    the P / U losses are means over the global batch, so training is the same too."""
     import os
     import shutil
     import subprocess
@@ -150,5 +151,14 @@ def test_two_processes_cluster_like_one(tmp_path):
     assert out[2]["world_size"] == 2
     # Iteration 1 clusters the same initial model's outputs: identical.
     assert out[2]["stage_metrics"][0] == out[1]["stage_metrics"][0]
-    # Iteration 2 follows training on sharded batches (per-rank P/U means): close, not bit-equal.
-    assert out[2]["stage_metrics"][1]["num_p"] + out[2]["stage_metrics"][1]["num_u"] == 24
+    # Training on sharded batches averages the P and U losses over the global batch's P and U
+    # videos, so the losses match to float round-off (~1e-7 observed) and iteration 2 clusters
+    # the same way.
+    for a, b in zip(out[1]["history"], out[2]["history"]):
+        for key in [k for k in a if k.startswith("loss")]:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (key, a, b)
+    s1, s2 = out[1]["stage_metrics"][1], out[2]["stage_metrics"][1]
+    assert s2["num_p"] + s2["num_u"] == 24
+    for key in s1:
+        assert s2[key] == (pytest.approx(s1[key], rel=1e-4) if isinstance(s1[key], float) else s1[key]), key
+    assert out[2]["average_mAP"] == pytest.approx(out[1]["average_mAP"], abs=0.05)

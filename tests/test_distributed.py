@@ -93,13 +93,15 @@ def test_two_process_rmgcl_matches_single_process(tmp_path):
     assert m2["world_size"] == 2
     assert m1["history"][-1]["loss_ncl"] > 0  # the memory was used
     for a, b in zip(m1["history"], m2["history"]):
-        for key in ("loss_ins", "loss_con", "loss_back", "loss_pseudo", "loss_ncl"):
-            assert b[key] == pytest.approx(a[key], rel=2e-2, abs=1e-6), (key, a, b)
+        # Eq. 9 is averaged over the global batch's anchors (ranks hold different numbers of
+        # them): only summation orders differ (~1e-6 observed).
+        for key in [k for k in a if k.startswith("loss")]:
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (key, a, b)
     c1 = torch.load(tmp_path / "one" / "checkpoints" / "last.ckpt", weights_only=False)["method"]
     c2 = torch.load(tmp_path / "two" / "checkpoints" / "last.ckpt", weights_only=False)["method"]
     assert torch.equal(c1["memory.memory_count"], c2["memory.memory_count"])
-    # Same slots filled in the same order; values differ only as far as the weights do.
-    torch.testing.assert_close(c1["memory.memory"], c2["memory.memory"], rtol=5e-2, atol=2e-3)
+    # Same slots filled in the same order with the same features, up to float round-off.
+    torch.testing.assert_close(c1["memory.memory"], c2["memory.memory"], rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- ActionFormer, APL

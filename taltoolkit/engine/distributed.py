@@ -74,6 +74,25 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def global_mean(values: Tensor) -> Tensor:
+    """This rank's share of the mean of ``values`` over every rank's elements (its plain mean
+    when run alone; 0, attached to the graph, when there are none anywhere).
+
+    For per-item losses whose count differs between ranks (RMGCL's anchors): ``sum_r * W /
+    n_global``. DDP averages the ranks' gradients and the logger the ranks' values, so both
+    equal one process's mean over the global batch.
+    """
+    return values.sum() * global_share(values.numel(), values.device) / max(values.numel(), 1)
+
+
+def global_share(count: int, device: torch.device | str = "cpu") -> Tensor:
+    """``count * W / (sum of count over the ranks)``: the factor that turns a rank's mean over
+    its ``count`` items into its share of the mean over the global batch (see
+    :func:`global_mean`); 1 when run alone (0 for count 0). ``device``: NCCL reduces CUDA tensors only."""
+    total = all_reduce_sum(torch.tensor(float(count), device=device))
+    return count * world_size() / total.clamp_min(1)
+
+
 def all_gather_rows(x: Tensor) -> Tensor:
     """Every rank's ``x`` (N_r, ...) concatenated in rank order along dim 0 (N_r may differ).
 

@@ -132,6 +132,7 @@ def noise_tolerant_contrastive(
     lam: float = 0.5,
     q: float = 0.2,
     reduction: str = "mean",
+    per_anchor_out: bool = False,
 ) -> Tensor:
     """Memory-guided noise-tolerant contrastive loss L_cont (Eq. 9), averaged over anchors.
 
@@ -149,7 +150,8 @@ def noise_tolerant_contrastive(
     |P_c|, which only rescales the loss by the number of stored positives -- that number
     grows from 0 to q = 500 while the queues fill, and dividing keeps the weight mu of
     Eq. 17 meaningful throughout. The result is the mean over anchors that have at least one
-    positive (0, still attached to the graph, when none has).
+    positive (0, still attached to the graph, when none has); ``per_anchor_out=True`` returns
+    those anchors' losses (N',) instead, for a mean taken elsewhere (over torchrun's ranks).
 
     Limits (Sec. III-C2): as q -> 0 each term tends to ``-log(exp(s+) / (exp(s+) + sum
     exp(s-))) + log(lam)``, the InfoNCE loss up to a constant, whose gradient weights hard
@@ -166,7 +168,7 @@ def noise_tolerant_contrastive(
         raise ValueError(f"lam={lam} must be in (0, 1]")
     r = memory.shape[0]
     if anchors.shape[0] == 0:
-        return anchors.sum() * 0
+        return anchors[:, 0] if per_anchor_out else anchors.sum() * 0
     a = F.normalize(anchors, dim=-1)  # (N, H)
     m = F.normalize(memory.detach().to(anchors.dtype), dim=-1)  # (R, Q, H)
     sim = torch.einsum("nh,rqh->nrq", a, m) / temperature  # (N, R, Q)
@@ -186,6 +188,8 @@ def noise_tolerant_contrastive(
     if reduction == "mean":
         per_anchor = per_anchor / n_pos.clamp_min(1)
     has_pos = n_pos > 0
+    if per_anchor_out:
+        return per_anchor[has_pos]
     if not bool(has_pos.any()):
         return anchors.sum() * 0
     return per_anchor[has_pos].mean()

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from taltoolkit.data.views import primary_class
+from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.evaluation.clustering import clustering_scores
 from taltoolkit.losses.copl import (
@@ -317,7 +318,6 @@ class COPL(Method):
             l_asl = action_selection_loss(out["a_ca_m"][:, p], targets, self.gce_q, mask[p])
         else:
             l_cls, l_asl = zero, zero
-        losses["loss_cls"], losses["loss_asl"] = l_cls, l_asl
 
         # Unsupervised loss per video (Eq. 18-22), on P and on U.
         un = x.new_zeros(x.shape[0])
@@ -341,8 +341,13 @@ class COPL(Method):
             un = un + self.lambda2 * l_co
             losses["loss_co"] = l_co.mean()
 
-        l_p = (l_cls + l_asl + un[in_p].mean()) if bool(in_p.any()) else zero  # Algorithm 1 line 24
-        l_u = un[~in_p].mean() if bool((~in_p).any()) else zero  # line 23
+        # Means over the P and U videos of the global batch: under torchrun the ranks' halves
+        # hold different numbers of each (a factor of 1 when run alone).
+        share_p = dist_utils.global_share(int(in_p.sum()), x.device)
+        share_u = dist_utils.global_share(int((~in_p).sum()), x.device)
+        l_p = (l_cls + l_asl + un[in_p].mean()) * share_p if bool(in_p.any()) else zero  # Algorithm 1 line 24
+        l_u = un[~in_p].mean() * share_u if bool((~in_p).any()) else zero  # line 23
+        losses["loss_cls"], losses["loss_asl"] = l_cls * share_p, l_asl * share_p
         losses["loss_p"], losses["loss_u"] = l_p, l_u
         losses["loss"] = l_p + l_u  # line 25
         self._last["p_fraction"] = float(in_p.float().mean())

@@ -450,10 +450,12 @@ class MemoryBranch(nn.Module):
         # Both losses exponentiate tau-scaled similarities / KL terms: fp32 even under autocast.
         with torch.autocast(embeddings.device.type, enabled=False):
             if self.use_contrastive:
-                losses["loss_ncl"] = noise_tolerant_contrastive(
+                # Eq. 9, against the memory before this batch is enqueued; averaged over the
+                # anchors of the global batch (ranks hold different numbers of anchors).
+                losses["loss_ncl"] = dist_utils.global_mean(noise_tolerant_contrastive(
                     anchors.float(), rows, self.memory, self.memory_valid(), temperature=self.temperature,
-                    lam=self.ncl_lambda, q=self.ncl_q,
-                )  # Eq. 9, against the memory before this batch is enqueued
+                    lam=self.ncl_lambda, q=self.ncl_q, per_anchor_out=True,
+                ))
             losses["loss_pseudo"] = uncertainty_weighted_pseudo_loss(
                 tcam.float(), pseudo.float(), mask, rho=self.rho, use_uncertainty=self.use_uncertainty,
                 detach_target=self.detach_pseudo_target, detach_weight=self.detach_uncertainty_weight,
