@@ -209,6 +209,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             stage_metrics=fit.stage_metrics,
             seed=int(cfg.seed),
             world_size=dist_utils.world_size(),
+            device=str(trainer.device),
         )
         write_run_outputs(out_dir, metrics, dets, outputs, test_videos, dataset.classes, run_logger)
     dist_utils.barrier()

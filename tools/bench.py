@@ -310,6 +310,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"method={args.method}", *args.override])
     report: dict[str, Any] = {"machine": _machine(), "method": args.method, "videos": len(videos),
+                              "compile": args.compile,
                               "num_segments": args.num_segments, "max_seq_len": getattr(args, "max_seq_len", None),
                               "feature_dim": args.feature_dim,
                               "batch_size": args.batch_size, "device": args.device, "runs": {}}
@@ -322,6 +323,7 @@ def bench_train(args: argparse.Namespace) -> dict:
         method = instantiate(cfg.method, model=model)
         trainer = Trainer(max_epochs=args.epochs + 1, batch_size=args.batch_size, device=args.device,
                           features_on_device=on_device, progress=False, checkpoint_every=10**9,
+                          compile=args.compile,
                           optimizer=cfg.trainer.optimizer, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
                           grad_clip=cfg.trainer.grad_clip)
         seq_len = getattr(args, "max_seq_len", args.num_segments)
@@ -444,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     for sp in (t, a):
         sp.add_argument("--labelled-fraction", type=float, default=0.2, help="with --label-mode semi")
     for sp in (t, a):
+        sp.add_argument("--compile", action="store_true", help="trainer.compile=true (torch.compile the network)")
         # On a CPU the "device" is host memory: both settings time the same thing (docs/benchmarks.md).
         sp.add_argument("--on-device", choices=("both", "false", "true"), default=None,
                         help="features_on_device settings to time (default: both on CUDA, false on CPU)")

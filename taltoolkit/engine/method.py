@@ -85,6 +85,12 @@ class Method(nn.Module):
         """Per-video outputs that the configured post-processor turns into detections."""
         raise NotImplementedError
 
+    def networks(self) -> list[nn.Module]:
+        """The backbone networks, which ``trainer.compile=true`` compiles (their forward only:
+        the methods' losses and pseudo-labelling are data-dependent Python). Default: ``self.model``."""
+        model = getattr(self, "model", None)
+        return [model] if isinstance(model, nn.Module) else []
+
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
         """Weights that inference needs, written to ``checkpoints/inference.pt`` at the end of a run.
 

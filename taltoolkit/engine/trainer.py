@@ -112,6 +112,10 @@ class Trainer:
         amp: bool = False,
         amp_dtype: str = "bfloat16",
         features_on_device: bool = False,
+        features_on_device_dtype: str = "float16",
+        compile: bool = False,  # noqa: A002 - the config key users expect
+        compile_mode: str = "default",
+        compile_backend: str = "inductor",
         num_workers: int = 0,
         model_selection: str = "last",
         held_out_fraction: float = 0.1,
@@ -148,6 +152,11 @@ class Trainer:
         self.amp = amp
         self.amp_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[amp_dtype]
         self.features_on_device = features_on_device
+        if features_on_device_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError(f"trainer.features_on_device_dtype={features_on_device_dtype!r}; "
+                             "choose float16, bfloat16 or float32")
+        self.features_on_device_dtype = getattr(torch, features_on_device_dtype)
+        self.compile, self.compile_mode, self.compile_backend = compile, compile_mode, compile_backend
         self.num_workers = num_workers
         self.model_selection = model_selection
         self.held_out_fraction = held_out_fraction
@@ -194,6 +203,18 @@ class Trainer:
 
 
     # ------------------------------------------------------------------ the loop
+    def compile_networks(self, method: Method) -> None:
+        """``torch.compile`` the method's backbone networks in place (``nn.Module.compile``: the
+        state-dict keys and checkpoints stay as without it). Shapes that vary (evaluation's
+        whole videos, ActionFormer's crops) are compiled dynamic after the first change."""
+        nets = method.networks()
+        if not nets:
+            log.warning("trainer.compile=true: %s names no network to compile; running eagerly", type(method).__name__)
+        for net in nets:
+            net.compile(mode=self.compile_mode, backend=self.compile_backend)
+        log.info("compiled %d network(s) with torch.compile (backend %s, mode %s)",
+                 len(nets), self.compile_backend, self.compile_mode)
+
     def fit(
         self,
         method: Method,
@@ -217,6 +238,8 @@ class Trainer:
         metrics against hidden labels (:class:`StageContext`).
         """
         method.to(self.device)
+        if self.compile:
+            self.compile_networks(method)
         out_dir = Path(out_dir)
         ckpt_path = out_dir / "checkpoints" / "last.ckpt"
         result = FitResult()
@@ -258,7 +281,7 @@ class Trainer:
             dataset, collate = make_train_dataset(videos["current"], seed + 7919 * si)
             bank = None
             if self.features_on_device:
-                bank = FeatureBank(videos["current"], self.device)
+                bank = FeatureBank(videos["current"], self.device, dtype=self.features_on_device_dtype)
                 dataset = PositionsOnly(dataset)
                 log.info("features on %s: %.1f MB", self.device, bank.nbytes / 2**20)
             loader = self.make_train_loader(dataset, collate, seed=seed + 7919 * si)

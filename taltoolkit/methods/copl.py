@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from taltoolkit.data.views import primary_class
 from taltoolkit.engine import distributed as dist_utils
@@ -352,6 +353,9 @@ class COPL(Method):
         losses["loss"] = l_p + l_u  # line 25
         self._last["p_fraction"] = float(in_p.float().mean())
         return losses
+
+    def networks(self) -> list[nn.Module]:
+        return [self.student] + ([self.teacher] if self.teacher is not None else [])
 
     def on_train_step_end(self) -> None:
         if self.teacher is not None:
