@@ -92,6 +92,7 @@ def test_summary_of_hand_made_runs(tmp_path):
 
 @pytest.mark.parametrize("name,keys", [
     ("case_table6", {"method.test_foreground", "seed"}),
+    ("case_ablation", {"ablation", "seed"}),
     ("rmgcl_ablation", {"memory_branch", "seed"}),
     ("apl_label_fractions", {"labelled_fraction", "seed"}),
     ("copl_fig4", {"method.has_branch", "method.use_plri", "seed"}),
@@ -110,3 +111,15 @@ def test_every_experiment_composes_for_each_sweep_point(compose, name, keys):
     assert set(params) == keys
     for point in itertools.product(*[[f"{k}={v}" for v in vals] for k, vals in params.items()]):
         compose([f"experiment={name}", *point])
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("case_baseline", (False, False, "attention")),
+    ("case_scc", (True, False, "attention")),
+    ("case_scc_ccc", (True, True, "attention")),
+    ("case_full", (True, True, "fused")),
+])
+def test_case_table3_lines_set_the_components(compose, line, expected):
+    m = compose(["method=case", f"ablation={line}"]).method
+    assert (m.use_scc, m.use_ccc, m.test_foreground) == expected
+    assert compose(["method=case", f"ablation={line}", "method.use_ccc=false"]).method.use_ccc is False  # CLI wins
