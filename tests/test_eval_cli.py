@@ -238,3 +238,30 @@ def test_bench_train_smoke(tmp_path, method, extra):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert report["method"] == method and all(r["seconds_per_epoch"] > 0 for r in report["runs"].values())
+
+
+def test_bench_apl_reports_each_stage_and_nms_runs(tmp_path):
+    """APL through `bench.py actionformer --method apl --label-mode semi`: one time per stage
+    (ACP pre-training, supervised, semi); then the NMS benchmark on a small input."""
+    out = tmp_path / "apl.json"
+    tiny = ["model.embed_dim=32", "model.fpn_dim=32", "model.head_dim=32", "method.icd_hidden=32",
+            "method.acp_epochs=2", "method.supervised_epochs=1", "method.semi_epochs=1", "method.tau_neg=0.0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench.py"), "actionformer", "--method", "apl", "--label-mode", "semi",
+         "--labelled-fraction", "0.25", "--videos", "12", "--max-seq-len", "128", "--feature-dim", "32",
+         "--epochs", "1", "--amp", "bfloat16", "--out", str(out), *tiny],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    run = report["runs"]["features_on_device=False"]
+    assert report["amp"] == "bfloat16" and set(run["stages"]) == {"acp_pretrain", "supervised", "semi"}
+    out = tmp_path / "nms.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "bench.py"), "nms", "--videos", "3", "--proposals", "50",
+         "--repeat", "1", "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(json.loads(out.read_text())["seconds"]) == 4

@@ -226,54 +226,46 @@ def bench_eval(args: argparse.Namespace) -> dict:
 
 
 def bench_nms(args: argparse.Namespace) -> dict:
-    try:
-        import torch
+    import torch
 
-        from taltoolkit.postprocess import nms as nms_mod
-    except ImportError as e:
-        print(f"nms benchmark skipped: {e}")
-        return {"benchmark": "nms", "skipped": str(e)}
+    from taltoolkit.postprocess import nms as nms_mod
 
+    dev = torch.device(args.device)
     g = torch.Generator().manual_seed(args.seed)
     videos = []
     for _ in range(args.videos):
         start = torch.rand(args.proposals, generator=g, dtype=torch.float64) * 200
         length = torch.rand(args.proposals, generator=g, dtype=torch.float64) * 20 + 0.5
-        videos.append((torch.stack([start, start + length], 1),
-                       torch.rand(args.proposals, generator=g, dtype=torch.float64),
-                       torch.randint(0, 20, (args.proposals,), generator=g)))
+        videos.append((torch.stack([start, start + length], 1).to(dev),
+                       torch.rand(args.proposals, generator=g, dtype=torch.float64).to(dev),
+                       torch.randint(0, 20, (args.proposals,), generator=g).to(dev)))
     all_segs = torch.cat([v[0] for v in videos])
     all_scores = torch.cat([v[1] for v in videos])
     all_labels = torch.cat([v[2] for v in videos])
-    all_groups = torch.repeat_interleave(torch.arange(args.videos), args.proposals)
-    # name -> (function name in the module, callable over all videos)
-    cases: dict[str, tuple[str, Callable[[], Any]]] = {
-        "nms, per video": ("nms", lambda: [nms_mod.nms(s, c, args.iou) for s, c, _ in videos]),
-        "batched_nms, per video": (
-            "batched_nms", lambda: [nms_mod.batched_nms(s, c, lb, args.iou) for s, c, lb in videos]),
-        "batched_nms, one call (groups)": (
-            "batched_nms",
-            lambda: nms_mod.batched_nms(all_segs, all_scores, all_labels, args.iou, groups=all_groups)),
-        "soft_nms, per video": (
-            "soft_nms", lambda: [nms_mod.soft_nms(s, c, lb) for s, c, lb in videos]),
+    all_groups = torch.repeat_interleave(torch.arange(args.videos), args.proposals).to(dev)
+
+    def synced(fn: Callable[[], Any]) -> Callable[[], Any]:  # CUDA kernels run asynchronously
+        def run() -> Any:
+            out = fn()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return out
+        return run
+
+    cases: dict[str, Callable[[], Any]] = {
+        "nms, per video": lambda: [nms_mod.nms(s, c, args.iou) for s, c, _ in videos],
+        "batched_nms, per video": lambda: [nms_mod.batched_nms(s, c, lb, args.iou) for s, c, lb in videos],
+        "batched_nms, one call (groups)":
+            lambda: nms_mod.batched_nms(all_segs, all_scores, all_labels, args.iou, groups=all_groups),
+        "soft_nms, per video": lambda: [nms_mod.soft_nms(s, c, lb) for s, c, lb in videos],
     }
-    report: dict[str, Any] = {"benchmark": "nms", "videos": args.videos,
+    report: dict[str, Any] = {"benchmark": "nms", "videos": args.videos, "device": str(dev),
                               "proposals_per_video": args.proposals, "iou": args.iou,
                               "torch": torch.__version__, "seconds": {}}
-    print(f"nms benchmark: {args.videos} videos x {args.proposals} proposals, "
-          f"best of {args.repeat}")
+    print(f"nms benchmark: {args.videos} videos x {args.proposals} proposals on {dev}, best of {args.repeat}")
     print(f"{'':<34}{'total s':>9}{'ms/video':>10}")
-    for name, (fn_name, fn) in cases.items():
-        if not hasattr(nms_mod, fn_name):
-            print(f"{name:<34}{'missing':>9}")
-            continue
-        try:
-            times, _ = _timeit(fn, args.repeat)
-        except TypeError as e:  # the signature differs from the contract
-            print(f"{name:<34}error: {e}")
-            report["seconds"][name] = f"error: {e}"
-            continue
-        t = min(times)
+    for name, fn in cases.items():
+        t = min(_timeit(synced(fn), args.repeat)[0])
         report["seconds"][name] = t
         print(f"{name:<34}{t:9.3f}{1000 * t / args.videos:10.2f}")
     return report
@@ -310,7 +302,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"method={args.method}", *args.override])
     report: dict[str, Any] = {"machine": _machine(), "method": args.method, "videos": len(videos),
-                              "compile": args.compile,
+                              "compile": args.compile, "amp": args.amp,
                               "num_segments": args.num_segments, "max_seq_len": getattr(args, "max_seq_len", None),
                               "feature_dim": args.feature_dim,
                               "batch_size": args.batch_size, "device": args.device, "runs": {}}
@@ -323,7 +315,8 @@ def bench_train(args: argparse.Namespace) -> dict:
         method = instantiate(cfg.method, model=model)
         trainer = Trainer(max_epochs=args.epochs + 1, batch_size=args.batch_size, device=args.device,
                           features_on_device=on_device, progress=False, checkpoint_every=10**9,
-                          compile=args.compile,
+                          compile=args.compile, amp=args.amp != "off",
+                          amp_dtype=args.amp if args.amp != "off" else "bfloat16",
                           optimizer=cfg.trainer.optimizer, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
                           grad_clip=cfg.trainer.grad_clip)
         seq_len = getattr(args, "max_seq_len", args.num_segments)
@@ -414,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--iou", type=float, default=0.5)
     n.add_argument("--seed", type=int, default=0)
     n.add_argument("--repeat", type=int, default=3)
+    n.add_argument("--device", default="cuda" if _cuda() else "cpu")
     t = sub.add_parser("train", help="training throughput of a method on THUMOS-sized synthetic data")
     t.add_argument("--method", default="case")
     t.add_argument("--label-mode", default="weak", help="weak (CASE, RMGCL, copl_weak) | none (COPL) | semi (APL)")
@@ -447,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--labelled-fraction", type=float, default=0.2, help="with --label-mode semi")
     for sp in (t, a):
         sp.add_argument("--compile", action="store_true", help="trainer.compile=true (torch.compile the network)")
+        sp.add_argument("--amp", choices=("off", "bfloat16", "float16"), default="off",
+                        help="trainer.amp with this dtype (float16: CUDA only)")
         # On a CPU the "device" is host memory: both settings time the same thing (docs/benchmarks.md).
         sp.add_argument("--on-device", choices=("both", "false", "true"), default=None,
                         help="features_on_device settings to time (default: both on CUDA, false on CPU)")
