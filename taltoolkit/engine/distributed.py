@@ -62,6 +62,28 @@ def broadcast_object(obj):  # noqa: ANN001, ANN201 - any picklable object
     return box[0]
 
 
+def shard_and_gather(items: list, fn):  # noqa: ANN001, ANN201 - any list, any picklable results
+    """``fn(items)`` computed in shards: rank r runs ``fn`` on ``items[r::W]``, and every rank
+    gets the whole list of results in the order of ``items`` (``fn`` returns one result per
+    item; results are pickled across ranks, so keep them on the CPU). Alone: ``fn(items)``.
+
+    For inference every rank needs (COPL's clustering, APL's pseudo-labelling): W ranks share
+    the work instead of each repeating it.
+    """
+    if not is_distributed():
+        return fn(items)
+    r, w = rank(), world_size()
+    mine = fn(items[r::w]) if items[r::w] else []
+    if len(mine) != len(items[r::w]):
+        raise RuntimeError(f"shard_and_gather: {len(mine)} results for {len(items[r::w])} items")
+    parts: list = [None] * w
+    dist.all_gather_object(parts, mine)
+    out: list = [None] * len(items)
+    for src, part in enumerate(parts):
+        out[src::w] = part
+    return out
+
+
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """``x`` summed over the ranks of a torchrun job, as a detached copy (a plain copy when run alone).
 

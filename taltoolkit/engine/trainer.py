@@ -271,7 +271,8 @@ class Trainer:
             context = StageContext(
                 train_videos=videos["current"],
                 device=self.device,
-                predict=lambda v: predict_videos(method, v),
+                # Every rank needs the outputs; each predicts 1/N of the videos (rank-order shards).
+                predict=lambda v: dist_utils.shard_and_gather(list(v), lambda part: predict_videos(method, part)),
                 stage_index=si,
                 set_train_videos=set_train_videos,
                 resumed=resume_state is not None and si == start_stage and first_epoch > 0,

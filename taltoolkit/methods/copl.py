@@ -5,7 +5,7 @@ Algorithm 1 of the supplementary, on the shared engine. Each of ``iterations`` (
 whose epochs are the training step:
 
 - clustering (lines 7-18): the teacher IOCNet predicts A_cs and A_ca for every training video
-  (``context.predict``, full videos, identical on every rank); HAS (Eq. 1-3) filters them,
+  (``context.predict``, full videos; under torchrun each rank predicts a shard and all ranks get every output); HAS (Eq. 1-3) filters them,
   the votes of the previous training epochs (Eq. 4) are added, the global features
   F = L2Norm(X^T A^HAS) (Eq. 5) are spectrally clustered into C clusters (C = the dataset's
   number of classes), and PLRI (Eq. 6-10) splits the videos into P (pseudo-labelled) and U;
