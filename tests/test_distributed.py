@@ -24,7 +24,7 @@ def _torchrun(nproc: int, overrides: list[str], env_extra: dict[str, str]) -> su
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("variant", ["baseline", "case"])
+@pytest.mark.parametrize("variant", ["baseline", "case", "compiled"])
 def test_two_process_case_matches_single_process(tmp_path, variant):
     from conftest import TINY_SYNTHETIC
 
@@ -34,6 +34,8 @@ def test_two_process_case_matches_single_process(tmp_path, variant):
     ]
     if variant == "baseline":
         common += ["method.use_scc=false", "method.use_ccc=false", "method.test_foreground=attention"]
+    if variant == "compiled":  # torch.compile'd network inside DDP (aot_eager: no C++ code generation)
+        common += ["trainer.compile=true", "trainer.compile_backend=aot_eager"]
     env = {"TALTOOLKIT_CACHE": str(tmp_path / "cache")}
     one = _torchrun(1, [*common, f"output_dir={tmp_path / 'one'}"], env)
     assert one.returncode == 0, one.stderr[-3000:]
