@@ -194,9 +194,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             save_checkpoint(out_dir / "checkpoints" / "inference.pt",
                             {"method": method.inference_state_dict(), "method_extra": method.extra_state()})
 
-    metrics: dict[str, Any] = {}
+    metrics, dets, outputs = evaluator.evaluate(method)  # every rank predicts a share of the test videos
     if dist_utils.is_main():
-        metrics, dets, outputs = evaluator.evaluate(method)
         metrics.update(
             method=type(method).__name__,
             dataset=dataset.name,

@@ -51,6 +51,12 @@ def test_two_process_case_matches_single_process(tmp_path, variant):
         for key in [k for k in a if k.startswith("loss")]:
             assert b[key] == pytest.approx(a[key], rel=1e-5), (key, a, b)
     assert m2["average_mAP"] == pytest.approx(m1["average_mAP"], abs=0.05)
+    # The evaluation's inference is split over the ranks and gathered on rank 0: every test
+    # video is in the predictions, with the single process's detections.
+    p1 = json.loads((tmp_path / "one" / "predictions.json").read_text())["results"]
+    p2 = json.loads((tmp_path / "two" / "predictions.json").read_text())["results"]
+    assert list(p2) == list(p1) and len(p1) == 12
+    assert [len(p2[v]) for v in p1] == [len(p1[v]) for v in p1]
 
 
 def test_case_without_global_batch_statistics_differs(tmp_path):

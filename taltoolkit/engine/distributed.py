@@ -62,13 +62,15 @@ def broadcast_object(obj):  # noqa: ANN001, ANN201 - any picklable object
     return box[0]
 
 
-def shard_and_gather(items: list, fn):  # noqa: ANN001, ANN201 - any list, any picklable results
+def shard_and_gather(items: list, fn, main_only: bool = False):  # noqa: ANN001, ANN201 - any list, picklable results
     """``fn(items)`` computed in shards: rank r runs ``fn`` on ``items[r::W]``, and every rank
     gets the whole list of results in the order of ``items`` (``fn`` returns one result per
     item; results are pickled across ranks, so keep them on the CPU). Alone: ``fn(items)``.
+    With ``main_only`` only rank 0 receives them (the others get None).
 
-    For inference every rank needs (COPL's clustering, APL's pseudo-labelling): W ranks share
-    the work instead of each repeating it.
+    For inference every rank needs (COPL's clustering, APL's pseudo-labelling: every rank) or
+    that rank 0 reports (evaluation: ``main_only``): W ranks share the work instead of each
+    repeating it. Every rank must call it.
     """
     if not is_distributed():
         return fn(items)
@@ -76,8 +78,14 @@ def shard_and_gather(items: list, fn):  # noqa: ANN001, ANN201 - any list, any p
     mine = fn(items[r::w]) if items[r::w] else []
     if len(mine) != len(items[r::w]):
         raise RuntimeError(f"shard_and_gather: {len(mine)} results for {len(items[r::w])} items")
-    parts: list = [None] * w
-    dist.all_gather_object(parts, mine)
+    parts: list | None = [None] * w if (r == 0 or not main_only) else None
+    if main_only:
+        dist.gather_object(mine, parts, dst=0)
+        if r != 0:
+            return None
+    else:
+        dist.all_gather_object(parts, mine)
+    assert parts is not None
     out: list = [None] * len(items)
     for src, part in enumerate(parts):
         out[src::w] = part

@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Method
 from taltoolkit.engine.trainer import move_batch
 from taltoolkit.evaluation import detection_map
@@ -53,7 +54,7 @@ class Evaluator:
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate)
         outputs: list[dict[str, Any]] = []
         it = loader
-        if self.progress:
+        if self.progress and dist_utils.is_main():
             from tqdm.auto import tqdm
 
             it = tqdm(loader, desc="predict", unit="video", leave=False, dynamic_ncols=True)
@@ -65,23 +66,40 @@ class Evaluator:
         return outputs
 
     def detections(self, method: Method) -> tuple[dict[str, Detections], list[dict[str, Any]]]:
-        outputs = self.predict(method, self.videos)
-        dets: dict[str, Detections] = {}
-        for video, out in zip(self.videos, outputs):
-            dets[video.name] = self.postprocess(
-                **{k: v for k, v in out.items() if not k.startswith("_")},
-                step_s=video.step_s,
-                offset_s=video.offset_s,
-                duration=video.duration,
-            )
-        return dets, outputs
+        """Per-video detections and raw outputs. Under torchrun every rank must call it: each
+        predicts and post-processes every N-th video, and rank 0 receives all of them (the
+        other ranks get empty results)."""
+
+        def predict_and_postprocess(videos: list[Video]) -> list[tuple[Detections, dict[str, Any]]]:
+            outputs = self.predict(method, videos)
+            return [(self._postprocess(video, out), out) for video, out in zip(videos, outputs)]
+
+        pairs = dist_utils.shard_and_gather(list(self.videos), predict_and_postprocess, main_only=True)
+        if pairs is None:
+            return {}, []
+        return {v.name: d for v, (d, _) in zip(self.videos, pairs)}, [out for _, out in pairs]
+
+    def _postprocess(self, video: Video, out: dict[str, Any]) -> Detections:
+        return self.postprocess(
+            **{k: v for k, v in out.items() if not k.startswith("_")},
+            step_s=video.step_s,
+            offset_s=video.offset_s,
+            duration=video.duration,
+        )
 
     def evaluate(self, method: Method) -> tuple[dict[str, Any], dict[str, Detections], list[dict[str, Any]]]:
+        """mAP of ``method`` on the videos. Under torchrun every rank must call it: the
+        inference is sharded, rank 0 computes the mAP and every rank gets the metrics (the
+        detections and outputs only on rank 0)."""
         dets, outputs = self.detections(method)
-        result = detection_map(
-            self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset, averages=self.averages
-        )
-        return result.to_dict(percent=True), dets, outputs
+        metrics = None
+        if dist_utils.is_main():
+            result = detection_map(
+                self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset,
+                averages=self.averages,
+            )
+            metrics = result.to_dict(percent=True)
+        return dist_utils.broadcast_object(metrics), dets, outputs
 
 
 def _to_numpy(v: Any) -> Any:
