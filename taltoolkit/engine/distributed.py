@@ -133,6 +133,14 @@ def all_gather_rows(x: Tensor) -> Tensor:
     return _gather_rows(x)[0]
 
 
+def all_gather_rows_with_start(x: Tensor) -> tuple[Tensor, int]:
+    """:func:`all_gather_rows` and where this rank's rows start in the result (0 alone)."""
+    if not is_distributed():
+        return x, 0
+    out, counts = _gather_rows(x)
+    return out, sum(counts[: rank()])
+
+
 def all_gather_rows_with_grad(x: Tensor) -> Tensor:
     """:func:`all_gather_rows` whose gradient reaches this rank's rows.
 

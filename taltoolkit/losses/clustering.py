@@ -8,6 +8,7 @@ cross-entropy that Eq. 3 and Eq. 6 apply to its outputs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -87,15 +88,18 @@ def rank_gaussian_prior(
     return log_prior if log else log_prior.exp()
 
 
-def cluster_prototypes(assign: Tensor, emb: Tensor) -> Tensor:
+def cluster_prototypes(assign: Tensor, emb: Tensor, sum_over: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Prototypes (CASE Eq. 4): assignment-weighted mean embedding per cluster, L2-normalised.
 
     Shapes: assign (N, K) soft or hard assignments (Q^S, or [Q^A, 1 - Q^A] for the F&B
     prototypes), emb (N, D) -> (K, D) unit rows. The weighted mean's denominator of Eq. 4 is a
     positive per-cluster scale that the normalisation removes, so it is skipped (an empty
     cluster then gives a zero vector instead of 0 / 0). Gradient flows into ``emb``.
+    ``sum_over`` totals the weighted sums over more snippets than these (torchrun's ranks:
+    ``engine.distributed.all_reduce_sum_with_grad``).
     """
-    return F.normalize(assign.to(emb.dtype).transpose(0, 1) @ emb, dim=-1)  # (K, D)
+    sums = assign.to(emb.dtype).transpose(0, 1) @ emb  # (K, D)
+    return F.normalize(sum_over(sums) if sum_over is not None else sums, dim=-1)
 
 
 def cluster_fb_logits(cluster_protos: Tensor, fb_protos: Tensor, rho: float = 10.0) -> Tensor:
@@ -107,13 +111,17 @@ def cluster_fb_logits(cluster_protos: Tensor, fb_protos: Tensor, rho: float = 10
     return rho * F.normalize(cluster_protos, dim=-1) @ F.normalize(fb_protos, dim=-1).transpose(0, 1)
 
 
-def fb_marginal(q_a: Tensor, mask: Tensor | None = None) -> Tensor:
+def fb_marginal(q_a: Tensor, mask: Tensor | None = None, sum_over: Callable[[Tensor], Tensor] | None = None
+                ) -> Tensor:
     """Column marginal beta^C of CCC (CASE Eq. 13): ``[mean Q^A, mean (1 - Q^A)]``.
 
     Shapes: q_a (N,) foreground pseudo-labels (any shape works; it is flattened), mask same
-    shape, True = counted -> (2,) summing to 1.
+    shape, True = counted -> (2,) summing to 1. ``sum_over`` totals the sums over more
+    snippets than these (torchrun's ranks: ``engine.distributed.all_reduce_sum``).
     """
     q = q_a.detach().reshape(-1).float()
     w = torch.ones_like(q) if mask is None else mask.reshape(-1).to(q.dtype)
-    fg = (q * w).sum() / w.sum().clamp_min(1e-12)
+    totals = torch.stack([(q * w).sum(), w.sum()])
+    fg, n = sum_over(totals) if sum_over is not None else totals
+    fg = fg / n.clamp_min(1e-12)
     return torch.stack([fg, 1 - fg]).to(q_a.dtype if q_a.is_floating_point() else torch.float32)

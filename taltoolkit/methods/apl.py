@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.data.sampling import keyed_generator
+from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Stage, StageContext
 from taltoolkit.losses.contrastive import (
     kmeans,

@@ -180,9 +180,12 @@ class CASE(Method):
                 q_a_flat = q_a.reshape(-1)[valid]  # (N,)
                 fb = torch.stack([q_a_flat, 1 - q_a_flat], -1)  # (N, 2)
                 stream_logits = torch.stack(
-                    [cluster_fb_logits(self._prototypes(q_s, e), self._prototypes(fb, e), self.rho) for e in emb]
+                    [cluster_fb_logits(cluster_prototypes(q_s, e, sum_over=self._sum_with_grad()),
+                                       cluster_prototypes(fb, e, sum_over=self._sum_with_grad()), self.rho)
+                     for e in emb]
                 )  # (S, K, 2), Eq. 4-5
-                beta = self._fb_marginal(q_a_flat) if self.ccc_marginal == "empirical" else None  # Eq. 13 / Eq. 9
+                beta = (fb_marginal(q_a_flat, sum_over=self._sum()) if self.ccc_marginal == "empirical"
+                        else None)  # Eq. 13 / Eq. 9
                 q_c = sinkhorn_labels(
                     stream_logits.mean(0).detach(), epsilon=self.sinkhorn_epsilon, n_iter=self.sinkhorn_iters,
                     col_marginal=beta,
@@ -251,30 +254,18 @@ class CASE(Method):
     def _use_global(self) -> bool:
         return self.global_batch and dist_utils.is_distributed()
 
+    def _sum(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return dist_utils.all_reduce_sum if self._use_global() else None
+
+    def _sum_with_grad(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        return dist_utils.all_reduce_sum_with_grad if self._use_global() else None
+
     def _rank_prior(self, attention: torch.Tensor) -> torch.Tensor:
         """Eq. 11 for this rank's snippets (N,), ranked among the global batch's."""
         if not self._use_global():
             return rank_gaussian_prior(attention, self.cluster_fb[:, 0], self.sigma)  # (N, K)
-        everyone = dist_utils.all_gather_rows(attention)  # rank order = the single process's order
-        sizes = dist_utils.all_gather_rows(torch.tensor([attention.shape[0]], device=attention.device))
-        start = int(sizes[: dist_utils.rank()].sum())
+        everyone, start = dist_utils.all_gather_rows_with_start(attention)  # rank order = one process's order
         return rank_gaussian_prior(everyone, self.cluster_fb[:, 0], self.sigma)[start : start + attention.shape[0]]
-
-    def _prototypes(self, assign: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """Eq. 4 over the global batch: the weighted sums add over ranks (gradient included)."""
-        if not self._use_global():
-            return cluster_prototypes(assign, emb)  # (K, D)
-        sums = dist_utils.all_reduce_sum_with_grad(assign.to(emb.dtype).transpose(0, 1) @ emb)  # (K, D)
-        return F.normalize(sums, dim=-1)  # as cluster_prototypes normalises the local sums
-
-    def _fb_marginal(self, q_a: torch.Tensor) -> torch.Tensor:
-        """Eq. 13 over the global batch."""
-        if not self._use_global():
-            return fb_marginal(q_a)
-        q = q_a.detach().float()
-        fg, n = dist_utils.all_reduce_sum(torch.stack([q.sum(), torch.full_like(q[:1], q.numel())[0]]))
-        share = fg / n.clamp_min(1e-12)
-        return torch.stack([share, 1 - share]).to(q_a.dtype)
 
     def log_metrics(self) -> dict[str, float]:
         return dict(self._last)
