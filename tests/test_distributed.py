@@ -16,34 +16,40 @@ REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 
 
-def _torchrun(nproc: int, overrides: list[str], env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def _torchrun(nproc: int, overrides: list[str], env_extra: dict[str, str],
+              script: Path = REPO / "tools" / "run.py") -> subprocess.CompletedProcess:
     torchrun = shutil.which("torchrun") or None
     cmd = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    cmd += ["--standalone", f"--nproc_per_node={nproc}", str(REPO / "tools" / "run.py"), *overrides]
+    cmd += ["--standalone", f"--nproc_per_node={nproc}", str(script), *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env_extra}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("variant", ["baseline", "case", "compiled"])
-def test_two_process_case_matches_single_process(tmp_path, variant):
+def _run_pair(tmp_path: Path, overrides: list[str], script: Path | None = None) -> tuple[dict, dict]:
+    """metrics.json of a 1-process and of a 2-process run of the same config (outputs in one/, two/)."""
     from conftest import TINY_SYNTHETIC
 
-    common = [
-        "method=case", *TINY_SYNTHETIC, f"dataset.cache_dir={tmp_path / 'cache'}", "trainer.device=cpu",
-        "trainer.progress=false", "trainer.max_epochs=3", "trainer.batch_size=8", "trainer.lr=1e-3",
-    ]
+    env = {"TALTOOLKIT_CACHE": str(tmp_path / "cache")}
+    common = [*TINY_SYNTHETIC, f"dataset.cache_dir={tmp_path / 'cache'}", *overrides]
+    out = {}
+    for n, name in ((1, "one"), (2, "two")):
+        extra = {**env, "DUMP_DIR": str(tmp_path / name / "dump")}
+        proc = _torchrun(n, [*common, f"output_dir={tmp_path / name}"], extra, script or REPO / "tools" / "run.py")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert out["one"]["world_size"] == 1 and out["two"]["world_size"] == 2
+    return out["one"], out["two"]
+
+
+@pytest.mark.parametrize("variant", ["baseline", "case", "compiled"])
+def test_two_process_case_matches_single_process(tmp_path, variant):
+    common = ["method=case", "trainer.device=cpu", "trainer.progress=false", "trainer.max_epochs=3",
+              "trainer.batch_size=8", "trainer.lr=1e-3"]
     if variant == "baseline":
         common += ["method.use_scc=false", "method.use_ccc=false", "method.test_foreground=attention"]
     if variant == "compiled":  # torch.compile'd network inside DDP (aot_eager: no C++ code generation)
         common += ["trainer.compile=true", "trainer.compile_backend=aot_eager"]
-    env = {"TALTOOLKIT_CACHE": str(tmp_path / "cache")}
-    one = _torchrun(1, [*common, f"output_dir={tmp_path / 'one'}"], env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(2, [*common, f"output_dir={tmp_path / 'two'}"], env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert m2["world_size"] == 2 and m1["world_size"] == 1
+    m1, m2 = _run_pair(tmp_path, common)
     # Same global batches, and SCC/CCC's batch statistics (Sinkhorn's column sums, the rank
     # prior's ranks, CCC's prototypes and marginal) are taken over the global batch: only
     # float summation orders differ (~1e-7 observed for every loss term).
@@ -82,23 +88,12 @@ def test_case_without_global_batch_statistics_differs(tmp_path):
 
 def test_two_process_rmgcl_matches_single_process(tmp_path):
     """The memory bank gathers every rank's regional features, so both runs build the same memory."""
-    from conftest import TINY_SYNTHETIC
-
-    common = [
-        "method=rmgcl", *TINY_SYNTHETIC, f"dataset.cache_dir={tmp_path / 'cache'}", "trainer.device=cpu",
-        "trainer.progress=false", "trainer.max_epochs=3", "trainer.batch_size=8", "trainer.lr=1e-3",
-        "model.dropout=0", "model.hidden_dim=32", "memory_branch.dropout=0", "memory_branch.warmup_epochs=1",
-        "memory_branch.queue_length=16", "memory_branch.num_codewords=4", "memory_branch.num_heads=2",
-        "memory_branch.zeta=0.0",
-    ]
-    env = {"TALTOOLKIT_CACHE": str(tmp_path / "cache")}
-    one = _torchrun(1, [*common, f"output_dir={tmp_path / 'one'}"], env)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = _torchrun(2, [*common, f"output_dir={tmp_path / 'two'}"], env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
-    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert m2["world_size"] == 2
+    m1, m2 = _run_pair(tmp_path, [
+        "method=rmgcl", "trainer.device=cpu", "trainer.progress=false", "trainer.max_epochs=3", "trainer.batch_size=8",
+        "trainer.lr=1e-3", "model.dropout=0", "model.hidden_dim=32", "memory_branch.dropout=0",
+        "memory_branch.warmup_epochs=1", "memory_branch.queue_length=16", "memory_branch.num_codewords=4",
+        "memory_branch.num_heads=2", "memory_branch.zeta=0.0",
+    ])
     assert m1["history"][-1]["loss_ncl"] > 0  # the memory was used
     for a, b in zip(m1["history"], m2["history"]):
         # Eq. 9 is averaged over the global batch's anchors (ranks hold different numbers of
@@ -124,29 +119,6 @@ AF_TINY = [
     "method.ema_decay=0.5",
     "trainer.progress=false", "trainer.device=cpu", "trainer.batch_size=8",
 ]
-
-
-def _run_pair(tmp_path: Path, overrides: list[str], script: Path | None = None) -> tuple[dict, dict]:
-    """metrics.json of a 1-process and of a 2-process run of the same config (outputs in one/, two/)."""
-    from conftest import TINY_SYNTHETIC
-
-    env = {"TALTOOLKIT_CACHE": str(tmp_path / "cache")}
-    common = [*TINY_SYNTHETIC, f"dataset.cache_dir={tmp_path / 'cache'}", *overrides]
-    out = {}
-    for n, name in ((1, "one"), (2, "two")):
-        extra = {**env, "DUMP_DIR": str(tmp_path / name / "dump")}
-        if script is None:
-            proc = _torchrun(n, [*common, f"output_dir={tmp_path / name}"], extra)
-        else:
-            torchrun = shutil.which("torchrun")
-            cmd = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-            cmd += ["--standalone", f"--nproc_per_node={n}", str(script), *common, f"output_dir={tmp_path / name}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1", **extra})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        out[name] = json.loads((tmp_path / name / "metrics.json").read_text())
-    assert out["one"]["world_size"] == 1 and out["two"]["world_size"] == 2
-    return out["one"], out["two"]
 
 
 def test_two_process_actionformer_matches_single_process(tmp_path):
