@@ -143,7 +143,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
 
     def sampler(videos, training: bool, seed: int = 0):  # noqa: ANN001, ANN202
         return make_dataset(method.sampling, videos, training=training, seed=seed,
-                            num_segments=dataset.num_segments, max_seq_len=dataset.max_seq_len)
+                            num_segments=dataset.num_segments, max_seq_len=dataset.max_seq_len,
+                            rule=method.sampling_rule, test_sampling=method.test_sampling)
 
     make_test_dataset = partial(sampler, training=False)
 

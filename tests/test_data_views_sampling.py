@@ -16,8 +16,10 @@ from taltoolkit.data.sampling import (
     VariableLengthDataset,
     collate_fixed,
     crop_window,
+    SAMPLING_RULES,
     make_dataset,
     perturbed_indices,
+    evaluation_indices,
 )
 from taltoolkit.data.views import choose_labelled, label_view
 from taltoolkit.data.writers import write_layout
@@ -105,6 +107,124 @@ def test_perturbed_indices() -> None:
     idx = perturbed_indices(100, 10, rng)
     assert (np.diff(idx) > 0).all() and ((idx // 10) == np.arange(10)).all()  # one per bin, sorted
     np.testing.assert_array_equal(perturbed_indices(4, 8, rng), [0, 0, 1, 1, 2, 2, 3, 3])
+
+
+# Transcriptions of the public codes' samplers (global NumPy RNG, per-position loops), written
+# from reading them: CASE's dataset/thumos_features.py random_perturb and uniform_sampling,
+# ACM-Net's dataset/dataset_class.py random_sample and uniform_sample.
+def _case_random_perturb(length: int, n: int) -> np.ndarray:
+    if n == length:
+        return np.arange(n)
+    s = np.arange(n) * length / n
+    for i in range(n):
+        if i < n - 1:
+            if int(s[i]) != int(s[i + 1]):
+                s[i] = np.random.choice(range(int(s[i]), int(s[i + 1]) + 1))
+            else:
+                s[i] = int(s[i])
+        elif int(s[i]) < length - 1:
+            s[i] = np.random.choice(range(int(s[i]), length))
+        else:
+            s[i] = int(s[i])
+    return s.astype(int)
+
+
+def _acmnet_random_sample(length: int, n: int) -> np.ndarray:
+    if length < n:
+        return np.sort(np.random.choice(length, n, replace=True))
+    if length > n:
+        s = np.arange(n) * length / n
+        for i in range(n - 1):
+            s[i] = np.random.choice(range(int(s[i]), int(s[i + 1] + 1)))
+        s[-1] = np.random.choice(np.arange(s[-2], length))
+        return s.astype(int)
+    return np.arange(length)
+
+
+def _supports(draw, trials: int) -> tuple[list[set[int]], set[tuple[int, ...]]]:
+    """Per-position sets of values, and the set of whole draws, over ``trials`` draws."""
+    per_pos: list[set[int]] | None = None
+    whole = set()
+    for k in range(trials):
+        idx = [int(i) for i in draw(k)]
+        whole.add(tuple(idx))
+        per_pos = [set() for _ in idx] if per_pos is None else per_pos
+        for p, i in enumerate(idx):
+            per_pos[p].add(i)
+    return per_pos, whole
+
+
+def _seeded(fn, length: int, n: int):  # noqa: ANN001, ANN202
+    def draw(k: int) -> np.ndarray:
+        np.random.seed(k)
+        return fn(length, n)
+    return draw
+
+
+@pytest.mark.parametrize(("rule", "official"), [("perturb", _case_random_perturb), ("acmnet", _acmnet_random_sample)])
+@pytest.mark.parametrize(("t", "n"), [(5, 12), (11, 12), (12, 12), (13, 12), (40, 12), (100, 7)])
+def test_sampling_rules_match_the_public_codes(rule: str, official, t: int, n: int) -> None:  # noqa: ANN001
+    """Same support per position as the transcribed public sampler, sorted, in range."""
+    ours = SAMPLING_RULES[rule]
+    got_pos, got_whole = _supports(lambda k: ours(t, n, np.random.default_rng(k)), 4000)
+    ref_pos, ref_whole = _supports(_seeded(official, t, n), 4000)
+    assert all(len(w) == n and list(w) == sorted(w) and 0 <= w[0] and w[-1] < t for w in got_whole)
+    if rule == "acmnet" and t < n:
+        # Sorted draws with replacement: rare extremes make supports noisy; compare the
+        # per-position means instead (their spread over 2000 draws is < 0.05).
+        got = np.mean([ours(t, n, np.random.default_rng(k)) for k in range(2000)], 0)
+        ref = np.mean([_seeded(official, t, n)(k) for k in range(2000)], 0)
+        np.testing.assert_allclose(got, ref, atol=0.15)
+        assert len(got_whole) > 1 and len(ref_whole) > 1
+    else:
+        assert got_pos == ref_pos
+
+
+def test_short_videos_are_jittered_by_the_public_rules_only() -> None:
+    """A video shorter than T: CASE's and ACM-Net's rules draw at random, the "bins" rule repeats uniformly."""
+    for rule, random_short in (("perturb", True), ("acmnet", True), ("bins", False)):
+        draws = {tuple(SAMPLING_RULES[rule](9, 16, np.random.default_rng(k))) for k in range(50)}
+        assert (len(draws) > 1) == random_short, rule
+
+
+def test_test_time_sampling_modes() -> None:
+    """native keeps every step; always resamples every video to T (CASE); longer only longer ones (ACM-Net)."""
+    np.testing.assert_array_equal(evaluation_indices(20, 8, "native"), np.arange(20))
+    np.testing.assert_array_equal(evaluation_indices(20, 8, "always"), np.floor(np.arange(8) * 20 / 8))
+    np.testing.assert_array_equal(evaluation_indices(5, 8, "always"), np.floor(np.arange(8) * 5 / 8))
+    np.testing.assert_array_equal(evaluation_indices(5, 8, "longer"), np.arange(5))
+    np.testing.assert_array_equal(evaluation_indices(20, 8, "longer"), np.floor(np.arange(8) * 20 / 8))
+    vs = videos(3)
+    ds, collate = make_dataset("fixed", vs, training=False, num_segments=16, test_sampling="always")
+    batch = collate([ds[i] for i in range(3)])
+    assert batch["features"].shape[1] == 16 and batch["mask"].all()
+    np.testing.assert_allclose(batch["step_scale"].numpy(), [v.num_steps / 16 for v in vs])
+    for i, v in enumerate(vs):
+        np.testing.assert_array_equal(batch["features"][i].numpy(), v.features[np.floor(np.arange(16) * v.num_steps / 16).astype(int)])
+
+
+def test_resampled_test_video_maps_to_the_original_seconds() -> None:
+    """A step of a video resampled from t to n steps covers t / n original steps (the public codes' t_factor)."""
+    from taltoolkit.engine.evaluator import Evaluator
+
+    v = videos(1, lengths=(40, 41))[0]
+    seen = {}
+
+    def post(cas, step_s, offset_s, duration, **_):  # noqa: ANN001, ANN202
+        seen.update(n=len(cas), step_s=step_s)
+        from taltoolkit.structures import Detections
+        return Detections.empty() if hasattr(Detections, "empty") else None
+
+    class _M(torch.nn.Module):
+        def predict(self, batch):  # noqa: ANN001, ANN202
+            return [{"cas": batch["features"][i, :, :2]} for i in range(batch["features"].shape[0])]
+
+    ev = Evaluator([v], ["a", "b"], {}, "test", [0.5], post,
+                   lambda vids: make_dataset("fixed", vids, training=False, num_segments=10, test_sampling="always"),
+                   torch.device("cpu"))
+    out = ev.predict(_M(), [v])[0]
+    ev._postprocess(v, out)
+    assert seen["n"] == 10 and seen["step_s"] == pytest.approx(v.step_s * v.num_steps / 10)
 
 
 def test_fixed_length_shapes_and_determinism() -> None:

@@ -1,8 +1,8 @@
 """Torch datasets that turn :class:`Video` records into batches, and their collates.
 
 - :class:`FixedLengthDataset` (WTAL methods): training samples ``num_segments`` steps per
-  video (random perturbation when the video is longer, uniform repetition when shorter);
-  test returns the whole video.
+  video by one of :data:`SAMPLING_RULES` (the rule of the method's public code); test
+  returns the whole video, or a uniform resampling by one of :data:`TEST_SAMPLINGS`.
 - :class:`VariableLengthDataset` (ActionFormer-style detectors): training crops a random
   window of at most ``max_seq_len`` steps that keeps part of the instances; test returns
   the whole video.
@@ -21,6 +21,8 @@ Batch dict (``B`` videos padded to ``T`` steps)::
     label_level   list[str] of "full" | "weak" | "none"
     names         list[str]
     index         (B,) long, index into the dataset's video list
+    step_scale    (B,) float64, original steps per returned step (t / n for a test video
+                  resampled from t to n steps, else 1): step i covers [i, i + 1) * step_scale
     step_s, offset_s, duration  (B,) float64, so seconds = offset_s + x * step_s
     segments      list of (N_b, 2) float32 in grid units of the batch's sequence (variable only)
     labels        list of (N_b,) long (variable only)
@@ -55,16 +57,82 @@ def keyed_generator(*key: int) -> torch.Generator:
 
 
 def perturbed_indices(t: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` sorted step indices of a length-``t`` video (W-TALC style sampling).
+    """``n`` sorted step indices of a length-``t`` video, disjoint bins (rule ``"bins"``).
 
     ``t > n``: ``[0, t)`` is cut into ``n`` equal bins and one random index is drawn per bin.
     ``t <= n``: uniform with repetition ``floor(arange(n) * t / n)`` (no randomness).
     """
     if t <= n:
-        return np.floor(np.arange(n) * t / n).astype(np.int64)
+        return uniform_indices(t, n)
     edges = np.floor(np.arange(n + 1) * t / n).astype(np.int64)  # t > n, so every bin is non-empty
     lo, hi = edges[:-1], edges[1:]
     return lo + np.floor(rng.random(n) * (hi - lo)).astype(np.int64)
+
+
+def uniform_indices(t: int, n: int) -> np.ndarray:
+    """``floor(arange(n) * t / n)``: ``n`` evenly spaced steps of a length-``t`` video."""
+    return np.floor(np.arange(n) * t / n).astype(np.int64)
+
+
+def _randint_inclusive(rng: np.random.Generator, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    return lo + np.floor(rng.random(lo.shape) * (hi - lo + 1)).astype(np.int64)
+
+
+def bas_perturb_indices(t: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """BaS-Net/CASE training sampling (rule ``"perturb"``), for any ``t``.
+
+    Position ``i`` starts at ``floor(i t / n)``; where the next position's floor differs, the
+    index is drawn uniformly from that floor to the next one *inclusive* (neighbouring draws
+    overlap by one step), else it stays. The last position draws from its floor to ``t - 1``.
+    So a video shorter than ``n`` is jittered too: each change of step may come one position
+    early. ``t == n`` returns ``arange(n)``.
+    """
+    if t == n:
+        return np.arange(n, dtype=np.int64)
+    lo = np.floor(np.arange(n) * t / n).astype(np.int64)  # (n,)
+    nxt = np.append(lo[1:], t - 1)  # (n,) the last position draws up to t - 1
+    return np.where(nxt != lo, _randint_inclusive(rng, lo, nxt), lo)
+
+
+def acmnet_indices(t: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """ACM-Net training sampling (rule ``"acmnet"``).
+
+    ``t < n``: ``n`` draws with replacement from ``[0, t)``, sorted (steps repeat at random);
+    ``t > n``: position ``i < n - 1`` draws from ``floor(i t / n)`` to ``floor((i + 1) t / n)``
+    inclusive, and the last from the second-to-last's draw to ``t - 1``; ``t == n``: all steps.
+    """
+    if t == n:
+        return np.arange(n, dtype=np.int64)
+    if t < n:
+        return np.sort(rng.integers(0, t, size=n)).astype(np.int64)
+    lo = np.floor(np.arange(n) * t / n).astype(np.int64)  # (n,)
+    out = lo.copy()
+    if n > 1:
+        out[:-1] = _randint_inclusive(rng, lo[:-1], lo[1:])
+        out[-1] = _randint_inclusive(rng, out[-2:-1], np.array([t - 1]))[0]
+    else:
+        out[0] = rng.integers(0, t)
+    return out
+
+
+# Training rules: the sampling of each method's public code.
+SAMPLING_RULES = {
+    "bins": perturbed_indices,  # one draw per disjoint bin; shorter videos repeat uniformly
+    "perturb": bas_perturb_indices,  # BaS-Net / CASE random_perturb
+    "acmnet": acmnet_indices,  # ACM-Net random_sample
+}
+# Test-time length: "native" keeps every step; "always" resamples every video uniformly to
+# num_segments steps (CASE's public code); "longer" only videos longer than num_segments (ACM-Net).
+TEST_SAMPLINGS = ("native", "always", "longer")
+
+
+def evaluation_indices(t: int, n: int, mode: str) -> np.ndarray:
+    """Step indices of a length-``t`` test video under ``mode`` (see :data:`TEST_SAMPLINGS`)."""
+    if mode not in TEST_SAMPLINGS:
+        raise ValueError(f"test sampling {mode!r}; choose one of {TEST_SAMPLINGS}")
+    if mode == "native" or t == n or (mode == "longer" and t < n):
+        return np.arange(t, dtype=np.int64)
+    return uniform_indices(t, n)
 
 
 def _video_labels(v: Video) -> np.ndarray:
@@ -84,6 +152,7 @@ def _base_item(v: Video, index: int, feats: np.ndarray, positions: np.ndarray) -
         "step_s": float(v.step_s),
         "offset_s": float(v.offset_s),
         "duration": float(v.duration),
+        "step_scale": 1.0,
     }
 
 
@@ -109,6 +178,7 @@ def _collate_common(items: Sequence[dict[str, Any]], length: int) -> dict[str, A
         "step_s": torch.tensor([it["step_s"] for it in items], dtype=torch.float64),
         "offset_s": torch.tensor([it["offset_s"] for it in items], dtype=torch.float64),
         "duration": torch.tensor([it["duration"] for it in items], dtype=torch.float64),
+        "step_scale": torch.tensor([it["step_scale"] for it in items], dtype=torch.float64),
     }
 
 
@@ -137,24 +207,40 @@ class _EpochSeededVideos(Dataset):
 
 
 class FixedLengthDataset(_EpochSeededVideos):
-    """WTAL sampling: ``num_segments`` steps per video while training, whole video at test."""
+    """WTAL sampling: ``num_segments`` steps per video while training, by ``rule`` (a key of
+    :data:`SAMPLING_RULES`); at test the whole video, or a uniform resampling to
+    ``num_segments`` steps by ``test_sampling`` (:data:`TEST_SAMPLINGS`)."""
 
-    def __init__(self, videos: Sequence[Video], num_segments: int, training: bool, seed: int = 0) -> None:
+    def __init__(
+        self, videos: Sequence[Video], num_segments: int, training: bool, seed: int = 0,
+        rule: str = "bins", test_sampling: str = "native",
+    ) -> None:
         if num_segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        if rule not in SAMPLING_RULES:
+            raise ValueError(f"sampling rule {rule!r}; choose one of {sorted(SAMPLING_RULES)}")
+        if test_sampling not in TEST_SAMPLINGS:
+            raise ValueError(f"test sampling {test_sampling!r}; choose one of {TEST_SAMPLINGS}")
         super().__init__(videos, training, seed)
         self.num_segments = int(num_segments)
+        self.rule = rule
+        self.test_sampling = test_sampling
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         v = self.videos[index]
         t = v.num_steps
         if self.training:
-            idx = perturbed_indices(t, self.num_segments, item_rng(self.seed, self.epoch, index))  # (n,)
-            feats = np.asarray(v.features[idx], np.float32)
-        else:
-            idx = np.arange(t)
-            feats = np.asarray(v.features, np.float32)
-        return _base_item(v, index, feats, idx)
+            rng = item_rng(self.seed, self.epoch, index)
+            idx = SAMPLING_RULES[self.rule](t, self.num_segments, rng)  # (n,)
+            return _base_item(v, index, np.asarray(v.features[idx], np.float32), idx)
+        idx = evaluation_indices(t, self.num_segments, self.test_sampling)
+        if len(idx) == t:
+            return _base_item(v, index, np.asarray(v.features, np.float32), idx)
+        item = _base_item(v, index, np.asarray(v.features[idx], np.float32), idx)
+        # Step i of the resampled sequence stands for original steps [i, i + 1) * t / n, the
+        # time scale of the public codes' proposals (their t_factor).
+        item["step_scale"] = t / len(idx)
+        return item
 
     @staticmethod
     def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -283,10 +369,14 @@ def make_dataset(
     max_seq_len: int = 2304,
     crop_ratio: tuple[float, float] | None = (0.9, 1.0),
     pad_multiple: int = 1,
+    rule: str = "bins",
+    test_sampling: str = "native",
 ) -> tuple[Dataset, Callable[[Sequence[dict[str, Any]]], dict[str, Any]]]:
-    """``(dataset, collate)`` for ``sampling`` = ``"fixed"`` or ``"variable"`` (Method.sampling)."""
+    """``(dataset, collate)`` for ``sampling`` = ``"fixed"`` or ``"variable"`` (Method.sampling);
+    ``rule`` and ``test_sampling`` choose the fixed-length rules (Method.sampling_rule /
+    Method.test_sampling)."""
     if sampling == "fixed":
-        ds = FixedLengthDataset(videos, num_segments, training, seed=seed)
+        ds = FixedLengthDataset(videos, num_segments, training, seed=seed, rule=rule, test_sampling=test_sampling)
         return ds, collate_fixed
     if sampling == "variable":
         vds = VariableLengthDataset(videos, max_seq_len, training, crop_ratio=crop_ratio, seed=seed, pad_multiple=pad_multiple)

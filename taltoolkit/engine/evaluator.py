@@ -60,8 +60,11 @@ class Evaluator:
             it = tqdm(loader, desc="predict", unit="video", leave=False, dynamic_ncols=True)
         for batch in it:
             batch = move_batch(batch, self.device)
-            for out in method.predict(batch):
-                outputs.append({k: _to_numpy(v) for k, v in out.items()})
+            for i, out in enumerate(method.predict(batch)):
+                out = {k: _to_numpy(v) for k, v in out.items()}
+                if "step_scale" in batch:  # a test video resampled to another length
+                    out["_step_scale"] = float(batch["step_scale"][i])
+                outputs.append(out)
         method.train(was_training)
         return outputs
 
@@ -82,7 +85,7 @@ class Evaluator:
     def _postprocess(self, video: Video, out: dict[str, Any]) -> Detections:
         return self.postprocess(
             **{k: v for k, v in out.items() if not k.startswith("_")},
-            step_s=video.step_s,
+            step_s=video.step_s * out.get("_step_scale", 1.0),
             offset_s=video.offset_s,
             duration=video.duration,
         )

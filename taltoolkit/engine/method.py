@@ -54,6 +54,11 @@ class Method(nn.Module):
 
     # "fixed": WTAL sampling to ``dataset.num_segments`` steps; "variable": ActionFormer crops.
     sampling: ClassVar[str] = "fixed"
+    # With "fixed": the training rule (a key of data.sampling.SAMPLING_RULES) and the test-time
+    # length (data.sampling.TEST_SAMPLINGS) of the method's public code; a method may set them
+    # per instance from its config.
+    sampling_rule: str = "bins"
+    test_sampling: str = "native"
     # The label regime a method trains under unless the config says otherwise.
     label_mode: ClassVar[str] = "weak"
     # Which evaluation preset family applies ("weak", "unsup", "full", "semi").

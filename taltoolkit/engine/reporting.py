@@ -68,7 +68,9 @@ def plot_videos(
     folder.mkdir(parents=True, exist_ok=True)
     for video, out in zip(videos, outputs):
         fig, ax = plt.subplots(figsize=(10, 3.2))
-        t = video.to_seconds(np.arange(video.num_steps) + 0.5)
+        # A test video resampled to another length (step_scale) is drawn on its own time axis.
+        scale = float(out.get("_step_scale", 1.0))
+        t = video.to_seconds((np.arange(int(round(video.num_steps / scale))) + 0.5) * scale)
         gt_classes = sorted(set(video.labels.tolist()))
         if "cas" in out and out["cas"] is not None:
             cas = np.asarray(out["cas"])
