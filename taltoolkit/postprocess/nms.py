@@ -47,6 +47,7 @@ __all__ = [
     "batched_nms",
     "soft_nms",
     "soft_nms_indices",
+    "one_pass_soft_nms_indices",
     "nms_voting",
 ]
 
@@ -522,6 +523,56 @@ def soft_nms(
     segs = torch.as_tensor(segments)
     lab = None if labels is None else torch.as_tensor(labels, device=segs.device)[idx]
     return segs[idx], sc, lab
+
+
+# ----------------------------------------------------------------------------- one-pass Soft-NMS
+
+
+def one_pass_soft_nms_indices(
+    segments: Tensor,
+    scores: Tensor,
+    labels: Optional[Tensor] = None,
+    iou_threshold: float = 0.4,
+    sigma: float = 0.35,
+    inclusive_iou: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """BaS-Net's one-pass Soft-NMS, the post-processing of the public CASE and BaS-Net codes.
+
+    Per class, greedily by decreasing score: the best remaining proposal is kept; every
+    remaining one whose IoU with it is ``>= iou_threshold`` is decayed *once*, by
+    ``exp(-IoU^2 / sigma)`` of its own score, and leaves the queue (it is still returned); the
+    others stay in the queue. Proposals that never overlap enough keep their scores.
+    ``inclusive_iou`` is the public code's convention for segments in seconds: lengths and
+    intersections get ``+ 1`` (``x2 - x1 + 1``), as for integer frame ranges.
+
+    segments (N, 2), scores (N,), labels (N,) | None -> ``(indices (N,), scores (N,))``: every
+    proposal once, sorted by decreasing final score (ties by index).
+    """
+    segs = torch.as_tensor(segments, dtype=torch.float64).reshape(-1, 2)
+    sc = torch.as_tensor(scores, dtype=torch.float64).reshape(-1).clone()
+    n = sc.shape[0]
+    _check_threshold(iou_threshold)
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long), sc
+    lab = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).reshape(-1).long().cpu()
+    plus = 1.0 if inclusive_iou else 0.0
+    final = sc.clone()
+    for c in torch.unique(lab).tolist():
+        queue = torch.nonzero(lab == c).reshape(-1)
+        queue = queue[torch.argsort(-sc[queue], stable=True)]  # (Q,) by decreasing score
+        while queue.numel() > 0:
+            i, rest = queue[0], queue[1:]
+            inter = (torch.minimum(segs[i, 1], segs[rest, 1]) - torch.maximum(segs[i, 0], segs[rest, 0]) + plus).clamp_min(0)
+            area_i = segs[i, 1] - segs[i, 0] + plus
+            area_r = segs[rest, 1] - segs[rest, 0] + plus
+            iou = inter / (area_i + area_r - inter)  # (Q - 1,)
+            hit = iou >= iou_threshold
+            final[rest[hit]] = sc[rest[hit]] * torch.exp(-iou[hit] ** 2 / sigma)
+            queue = rest[~hit]
+    order = torch.argsort(-final, stable=True)
+    return order, final[order]
 
 
 # ----------------------------------------------------------------------------- voting

@@ -37,7 +37,7 @@ from taltoolkit.structures import Detections
 
 __all__ = ["cas_to_proposals", "segment_postprocess", "detections_from_segments"]
 
-_NMS_KINDS = ("hard", "soft", "none")
+_NMS_KINDS = ("hard", "soft", "one_pass_soft", "none")
 
 
 def _np(x: Any, dtype: Any = np.float64) -> np.ndarray:
@@ -98,8 +98,15 @@ def _upsample(x: np.ndarray, factor: int, interpolation: str) -> np.ndarray:
     if factor == 1:
         return x
     t = x.shape[0]
-    if interpolation == "nearest":
+    if interpolation == "nearest" or (interpolation == "start_linear" and t == 1):
         return np.repeat(x, factor, axis=0)
+    if interpolation == "start_linear":
+        # BaS-Net / CASE: values anchored at step starts, sampled at k / factor, the last
+        # factor - 1 samples extrapolated along the last segment's slope.
+        u = np.arange(t * factor) / factor  # (T',) source coordinate
+        i0 = np.minimum(np.floor(u).astype(np.int64), t - 2)
+        w = (u - i0)[:, None]
+        return x[i0] * (1.0 - w) + x[i0 + 1] * w
     u = np.clip((np.arange(t * factor) + 0.5) / factor - 0.5, 0.0, t - 1)  # source index
     i0 = np.floor(u).astype(np.int64)
     i1 = np.minimum(i0 + 1, t - 1)
@@ -126,6 +133,11 @@ def _nms_select(
     if nms == "hard":
         keep = batched_nms(s_t, c_t, l_t, iou_threshold).numpy()
         return keep, scores[keep]
+    if nms == "one_pass_soft":
+        from taltoolkit.postprocess.nms import one_pass_soft_nms_indices
+
+        idx, sc = one_pass_soft_nms_indices(s_t, c_t, l_t, iou_threshold=iou_threshold, sigma=sigma)
+        return idx.numpy(), sc.numpy()
     idx, sc = soft_nms_indices(s_t, c_t, l_t, iou_threshold=iou_threshold, sigma=sigma,
                                min_score=min_score, method=method)
     return idx.numpy(), sc.numpy().astype(np.float64)
@@ -158,6 +170,7 @@ def cas_to_proposals(
     inflation: float = 0.25,
     score_weight: float = 0.2,
     contrast: str = "masked",
+    outer_rounding: str = "ceil",
     nms: str = "hard",
     nms_threshold: float = 0.7,
     sigma: float = 0.3,
@@ -171,8 +184,8 @@ def cas_to_proposals(
     (module docstring); ``duration`` (seconds) clips the output when given.
 
     1. Classes with ``class_scores >= class_threshold`` are localized (none: the top-1).
-    2. The sequences are upsampled by the integer ``upsample`` (``interpolation`` "linear" or
-       "nearest", see :func:`_upsample`).
+    2. The sequences are upsampled by the integer ``upsample`` (``interpolation`` "linear",
+       "nearest" or BaS-Net's "start_linear", see :func:`_upsample`).
     3. Levels: for each ``t`` in ``cas_thresholds`` a class's steps with ``cas >= t``; when
        ``actionness`` is given, also for each ``t`` in ``actionness_thresholds`` the steps
        with ``actionness >= t`` (for every localized class). Each maximal run of such steps
@@ -183,12 +196,14 @@ def cas_to_proposals(
        sequence; its mean is 0 when empty). ``contrast="masked"`` (BaS-Net/CoLA)
        counts the steps outside the level's mask as 0; ``"raw"`` (CO2-Net/DELU) uses the
        CAS as is; ``"masked_cas"`` (ACM-Net) masks the CAS levels' sequences and scores the
-       actionness levels' runs on the raw CAS. (BaS-Net's ``int()`` rounding gives ceil on the left, floor on the right;
-       this is symmetric.)
+       actionness levels' runs on the raw CAS. ``outer_rounding="ceil"`` takes
+       ``ceil(inflation * L)`` steps on both sides; ``"bas"`` rounds as BaS-Net's and CASE's
+       ``int()`` does (truncation: ceil on the left, floor on the right).
     5. Runs -> seconds exactly (module docstring), per-class NMS: ``nms="hard"``
        (:func:`~taltoolkit.postprocess.nms.batched_nms`, IoU > ``nms_threshold``),
-       ``"soft"`` (gaussian Soft-NMS with ``sigma``, no score floor, as CO2-Net) or
-       ``"none"``; keep the ``top_k`` best (all when None); clip to ``[0, duration]``
+       ``"soft"`` (gaussian Soft-NMS with ``sigma``, no score floor, as CO2-Net),
+       ``"one_pass_soft"`` (BaS-Net's and CASE's one pass,
+       :func:`~taltoolkit.postprocess.nms.one_pass_soft_nms_indices`) or ``"none"``; keep the ``top_k`` best (all when None); clip to ``[0, duration]``
        (``duration`` None: below at 0 only).
 
     Returns Detections sorted by decreasing score, labels are class ids of ``cas`` columns.
@@ -197,8 +212,10 @@ def cas_to_proposals(
         raise ValueError(f"nms must be one of {_NMS_KINDS}, got {nms!r}")
     if contrast not in _CONTRASTS:
         raise ValueError(f"contrast must be one of {_CONTRASTS}, got {contrast!r}")
-    if interpolation not in ("linear", "nearest"):
-        raise ValueError(f"interpolation must be 'linear' or 'nearest', got {interpolation!r}")
+    if interpolation not in ("linear", "nearest", "start_linear"):
+        raise ValueError(f"interpolation must be 'linear', 'nearest' or 'start_linear', got {interpolation!r}")
+    if outer_rounding not in ("ceil", "bas"):
+        raise ValueError(f"outer_rounding must be 'ceil' or 'bas', got {outer_rounding!r}")
     upsample = int(upsample)
     if upsample < 1:
         raise ValueError(f"upsample must be an integer >= 1, got {upsample}")
@@ -269,9 +286,14 @@ def cas_to_proposals(
     np.cumsum(values, axis=1, out=csum[:, 1:])  # csum[r, j] = sum(values[r, :j])
     length = b - a
     inner = (csum[seq_row, b] - csum[seq_row, a]) / length
-    m = np.ceil(inflation * length).astype(np.int64) if inflation > 0 else np.zeros_like(length)
-    lo = np.maximum(a - m, 0)
-    hi = np.minimum(b + m, tu)
+    if outer_rounding == "bas":
+        # int() truncates toward zero: the outer region is [int(a - r), a) and (b - 1, int(b - 1 + r)].
+        lo = np.maximum(np.trunc(a - inflation * length), 0).astype(np.int64)
+        hi = np.minimum(np.trunc(b - 1 + inflation * length).astype(np.int64) + 1, tu)
+    else:
+        m = np.ceil(inflation * length).astype(np.int64) if inflation > 0 else np.zeros_like(length)
+        lo = np.maximum(a - m, 0)
+        hi = np.minimum(b + m, tu)
     outer_n = (a - lo) + (hi - b)
     outer_sum = (csum[seq_row, a] - csum[seq_row, lo]) + (csum[seq_row, hi] - csum[seq_row, b])
     outer = np.where(outer_n > 0, outer_sum / np.maximum(outer_n, 1), 0.0)
