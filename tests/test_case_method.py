@@ -54,9 +54,14 @@ def test_cluster_fb_updates_and_drives_test_foreground():
     out = m.model(batch["features"], batch["mask"])
     p_t = out["cluster_logits"].softmax(-1) @ m.cluster_fb[:, 0]  # P^T = P^S Q^C_fg
     torch.testing.assert_close(m._transformed_foreground(out), p_t)
-    torch.testing.assert_close(m._test_foreground(out), 0.5 * out["attention"] + 0.5 * p_t)  # P^M
+    # Public code: every stream's P^A and P^T enter the calibration on their own.
+    torch.testing.assert_close(m._test_foreground(out), torch.cat([out["attention"], p_t]))
+    m.test_fusion = "weighted"
+    torch.testing.assert_close(m._test_foreground(out), 0.5 * out["attention"] + 0.5 * p_t)  # P^M (Sec. 4.3)
     m.test_foreground = "attention"
     torch.testing.assert_close(m._test_foreground(out), out["attention"])
+    m.test_foreground = "transformed"
+    torch.testing.assert_close(m._test_foreground(out), p_t)
 
 
 @pytest.mark.parametrize(
@@ -64,19 +69,70 @@ def test_cluster_fb_updates_and_drives_test_foreground():
     [
         ({"use_scc": False, "use_ccc": False, "test_foreground": "attention"}, {"loss_s", "loss_c"}),
         ({"use_ccc": False}, {"loss_c"}),
-        ({"scc_prior": "none"}, set()),
-        ({"ccc_marginal": "equipartition"}, set()),
-        ({"scc_labelling": "ot_hard"}, set()),
-        ({"scc_labelling": "argmax"}, set()),
-        ({"scc_labelling": "softmax"}, set()),
     ],
 )
-def test_ablation_switches_train(switches, absent):
+def test_table3_switches_drop_their_losses(switches, absent):
     m = _case(**switches)
+    before = m.cluster_fb.clone()
     losses = m.training_step(_batch())
-    assert torch.isfinite(losses["loss"])
-    assert not absent & set(losses)
+    assert torch.isfinite(losses["loss"]) and not absent & set(losses)
+    assert torch.equal(before, m.cluster_fb)  # without CCC, Q^C is never learnt
     losses["loss"].backward()
+
+
+def _cluster_inputs(n=60, k=4, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, k, generator=gen) * 5, torch.rand(n, generator=gen)
+
+
+def test_scc_labelling_switches_make_the_labels_they_name():
+    """Table 4: OT soft / OT hard / argmax of the predictions / softmax of the predictions."""
+    logits, att = _cluster_inputs()
+    soft = _case()._cluster_targets(logits, att)
+    torch.testing.assert_close(soft.sum(-1), torch.ones(len(logits)))
+    assert ((soft > 1e-3) & (soft < 1 - 1e-3)).any()  # soft labels
+    hard = _case(scc_labelling="ot_hard")._cluster_targets(logits, att)
+    torch.testing.assert_close(hard, torch.nn.functional.one_hot(soft.argmax(-1), 4).float())
+    arg = _case(scc_labelling="argmax")._cluster_targets(logits, att)
+    torch.testing.assert_close(arg, torch.nn.functional.one_hot(logits.argmax(-1), 4).float())
+    assert not torch.equal(arg, hard)  # OT rebalances some snippets away from their argmax
+    sm = _case(scc_labelling="softmax")._cluster_targets(logits, att)
+    torch.testing.assert_close(sm, (logits / 0.5).softmax(-1))
+    # OT spreads the batch over the clusters (equipartition, Eq. 10); the softmax does not.
+    mild = logits * 0.1
+    m = _case(scc_prior="none")
+    ot_mass = m._cluster_targets(mild, att).sum(0)
+    sm_mass = _case(scc_labelling="softmax")._cluster_targets(mild, att).sum(0)
+    assert ot_mass.std() < 0.2 * sm_mass.std()
+
+
+def test_scc_prior_switch_applies_the_rank_prior():
+    """Table 5 line 2: Eq. 12's rank prior moves Q^S; with a sharp prior, towards the snippets' rank position."""
+    logits, att = _cluster_inputs()
+    plain = _case(scc_prior="none")._cluster_targets(logits, att)
+    ranked = _case()._cluster_targets(logits, att)
+    assert not torch.allclose(plain, ranked)
+    m = _case(sigma=0.05)
+    m.cluster_fb.copy_(torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.05, 0.95]]))
+    sharp = m._cluster_targets(torch.zeros_like(logits), att)
+    # The most foreground snippets go to the clusters whose 1 - Q^C_fg is nearest their rank.
+    top = att.argsort(descending=True)[:5]
+    assert (sharp[top].argmax(-1) == 0).all()
+
+
+def test_ccc_marginal_switch_sets_the_column_marginal():
+    """Table 5 line 3: Q^C's column sums follow the batch's F&B share (Eq. 13) or are equal (Eq. 9)."""
+    batch = _batch()
+    m = _case()
+    m.training_step(batch)
+    emp = m.cluster_fb.sum(0) / m.cluster_fb.sum()
+    e = _case(ccc_marginal="equipartition")
+    e.training_step(batch)
+    equi = e.cluster_fb.sum(0) / e.cluster_fb.sum()
+    # Three Sinkhorn iterations end on the cluster rows, so the F&B columns are near, not at, their targets.
+    torch.testing.assert_close(equi, torch.tensor([0.5, 0.5]), atol=0.02, rtol=0)
+    # Q^A marks floor(24 / 8) = 3 of 24 steps per video: beta^C = (0.125, 0.875).
+    torch.testing.assert_close(emp, torch.tensor([0.125, 0.875]), atol=0.05, rtol=0)
 
 
 def test_bad_switches_name_the_option():

@@ -42,8 +42,8 @@ def test_streams_see_their_own_half() -> None:
 def test_parameter_count_matches_table1() -> None:
     model = TwoStreamWTAL(in_dim=2048, num_classes=20, num_clusters=16)
     n = sum(p.numel() for p in model.parameters())
-    # per stream: 2 x (1024*512 + 512) encoders + (512*20 + 20) + (512 + 1) + (512*16 + 16)
-    assert n == 2 * (2 * (1024 * 512 + 512) + 512 * 20 + 20 + 512 + 1 + 512 * 16 + 16) == 2_137_162
+    # per stream: 2 x (1024*512 + 512) encoders + (512*20 + 20) + (512 + 1) + 512*16 cosine prototypes
+    assert n == 2 * (2 * (1024 * 512 + 512) + 512 * 20 + 20 + 512 + 1 + 512 * 16) == 2_137_130
     assert round(n / 1e6, 2) == 2.14 and abs(n / 1e6 - 2.13) < 0.01  # Table 1: 2.13 M
 
 
@@ -95,3 +95,22 @@ def test_classify_reproduces_the_cas_from_cls_embeddings():
     assert out["cls_embeddings"].shape == (2, 2, 5, 8)
     for s in range(2):
         torch.testing.assert_close(net.classify(out["cls_embeddings"][s], s), out["cas"][s])
+
+
+def test_cluster_head_is_the_public_codes_cosine_head() -> None:
+    """Logits = 10 cos(E, prototype): bounded by 10, blind to the embedding's norm, unit prototypes, no bias."""
+    torch.manual_seed(0)
+    model = TwoStreamWTAL(in_dim=16, num_classes=3, hidden_dim=8, num_clusters=4)
+    head = model.branches[0].cluster_head
+    assert not any("bias" in n for n, _ in head.named_parameters())
+    x = torch.rand(2, 10, 16)
+    out = model(x)
+    emb = out["embeddings"][0]  # (B, T, H)
+    w = torch.nn.functional.normalize(head.prototypes.weight, dim=1)
+    ref = 10 * torch.nn.functional.normalize(emb, dim=-1) @ w.T
+    torch.testing.assert_close(out["cluster_logits"][0], ref)
+    assert out["cluster_logits"].abs().max() <= 10 + 1e-5
+    torch.testing.assert_close(head.prototypes.weight.norm(dim=1), torch.ones(4))  # renormalised in place
+    torch.testing.assert_close(head(emb * 7.0), out["cluster_logits"][0])  # scale-free in the embedding
+    linear = TwoStreamWTAL(in_dim=16, num_classes=3, hidden_dim=8, num_clusters=4, cluster_head="linear")
+    assert isinstance(linear.branches[0].cluster_head, torch.nn.Linear) and linear.branches[0].cluster_head.bias is not None

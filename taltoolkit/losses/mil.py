@@ -14,20 +14,26 @@ Tensor = torch.Tensor
 __all__ = ["topk_count", "topk_mil_indices", "topk_mil_pool", "video_ce_loss", "generalized_bce"]
 
 
-def topk_count(length: Tensor | int, k: int | None = None, ratio: float | None = None) -> Tensor:
-    """Snippets per class for sequences of the given valid length(s): ``k`` or ``max(1, round(T * ratio))``.
+def topk_count(
+    length: Tensor | int, k: int | None = None, ratio: float | None = None, rounding: str = "round"
+) -> Tensor:
+    """Snippets per class for sequences of the given valid length(s): ``k`` or ``max(1, r(T * ratio))``.
 
+    ``rounding`` r is ``"round"`` or ``"floor"`` (the public CASE code's ``T // 8``).
     Clamped to the length, so a short video never has to select padded steps. Shapes:
-    length () or (B,) -> same shape, long. (The public CASE code uses ``T // 8``; rounding
-    ``T / 8`` is our convention and equals it whenever 8 divides T.)
+    length () or (B,) -> same shape, long.
     """
     if (k is None) == (ratio is None):
         raise ValueError("give exactly one of k or ratio")
+    if rounding not in ("round", "floor"):
+        raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
     length = torch.as_tensor(length)
     if k is not None:
         count = torch.full_like(length, int(k))
     else:
-        count = torch.round(length.double() * ratio).long().clamp_min(1)
+        scaled = length.double() * ratio
+        # The epsilon keeps floor(750 * 0.125) at 93 whatever the float error of the ratio.
+        count = (torch.floor(scaled + 1e-9) if rounding == "floor" else torch.round(scaled)).long().clamp_min(1)
     return torch.minimum(count, length).clamp_min(0).long()
 
 
@@ -37,6 +43,7 @@ def topk_mil_indices(
     ratio: float | None = None,
     mask: Tensor | None = None,
     return_counts: bool = False,
+    rounding: str = "round",
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Indices of the top-k snippets per class (MIL of Eq. 1; also defines Q^A of Eq. 2).
 
@@ -57,7 +64,7 @@ def topk_mil_indices(
         mask = mask.to(torch.bool)
         lengths = mask.sum(1)
         scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))  # padded steps rank last
-    counts = topk_count(lengths, k=k, ratio=ratio)  # (B,)
+    counts = topk_count(lengths, k=k, ratio=ratio, rounding=rounding)  # (B,)
     k_max = max(int(counts.max()), 1) if b else 1
     k_max = min(k_max, t)
     idx = scores.detach().topk(k_max, dim=1).indices  # (B, k_max, C)

@@ -39,6 +39,7 @@ from taltoolkit.registry import register
 
 SCC_LABELLINGS = ("ot_soft", "ot_hard", "argmax", "softmax")  # Table 4
 TEST_FOREGROUND = ("fused", "attention", "transformed")  # Table 6: P^M, P^A, P^T
+TEST_FUSIONS = ("code", "weighted")  # how P^M enters the calibrated T-CAS (docs/methods/case.md)
 
 
 @register("method", "case")
@@ -66,7 +67,11 @@ class CASE(Method):
         ccc_marginal: str = "empirical",  # Eq. 13 ("empirical") or Eq. 9 ("equipartition"): Table 5 line 3
         scc_labelling: str = "ot_soft",  # Table 4: ot_soft | ot_hard | argmax | softmax (w/o OT)
         test_foreground: str = "fused",  # Table 6: fused P^M | attention P^A | transformed P^T
-        fusion_weight: float = 0.5,  # P^M = w P^A + (1 - w) P^T, Sec. 4.3
+        test_fusion: str = "code",  # code: each stream's P^A and P^T averaged with the CAS on their own (public code)
+        fusion_weight: float = 0.5,  # test_fusion=weighted: P^M = w P^A + (1 - w) P^T per stream, Sec. 4.3
+        topk_rounding: str = "floor",  # top-k = floor(T / 8) as the public code's T // 8 ("round": round(T / 8))
+        sampling_rule: str = "perturb",  # training sampling: the public code's random_perturb (data/sampling.py)
+        test_sampling: str = "always",  # test videos resampled to T steps as the public code does ("native": every step)
         global_batch: bool = True,  # under torchrun: SCC/CCC's batch statistics over the global batch
         attention_warmup_epochs: int = 0,  # not in the paper (0 = paper): see docs/methods/case.md
         memory_branch: Callable[..., MemoryBranch] | None = None,  # RMGCL/GKSA's branch, one per stream
@@ -82,6 +87,8 @@ class CASE(Method):
             raise ValueError(f"method.scc_labelling={scc_labelling!r}; choose one of {SCC_LABELLINGS}")
         if test_foreground not in TEST_FOREGROUND:
             raise ValueError(f"method.test_foreground={test_foreground!r}; choose one of {TEST_FOREGROUND}")
+        if test_fusion not in TEST_FUSIONS:
+            raise ValueError(f"method.test_fusion={test_fusion!r}; choose one of {TEST_FUSIONS}")
         if use_ccc and not use_scc:
             raise ValueError("method.use_ccc=true needs method.use_scc=true: CCC classifies SCC's clusters")
         if (use_scc or test_foreground != "attention") and not model.num_clusters:
@@ -111,7 +118,11 @@ class CASE(Method):
         self.scc_prior, self.ccc_marginal = scc_prior, ccc_marginal
         self.scc_labelling = scc_labelling
         self.test_foreground = test_foreground
+        self.test_fusion = test_fusion
         self.fusion_weight = fusion_weight
+        self.topk_rounding = topk_rounding
+        self.sampling_rule = sampling_rule
+        self.test_sampling = test_sampling
         self.global_batch = global_batch
         self.attention_warmup_epochs = attention_warmup_epochs
         self._epoch = 0
@@ -126,11 +137,12 @@ class CASE(Method):
     def _combined_scores(
         self, out: dict[str, torch.Tensor], foreground: torch.Tensor, cas_prob: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """T-CAS calibrated by attention: mean of the stream-averaged class softmax and each stream's foreground."""
+        """T-CAS calibrated by foreground maps: the mean of the stream-averaged class softmax and
+        each of the M maps in ``foreground`` (M, B, T) (the public code's instance selection)."""
         if cas_prob is None:
             cas_prob = out["cas"].softmax(-1)  # (S, B, T, G)
         cas_prob = cas_prob.mean(0)  # (B, T, G)
-        fg = rearrange(foreground, "s b t -> b t s")  # (B, T, S)
+        fg = rearrange(foreground, "m b t -> b t m")  # (B, T, M)
         return (cas_prob + fg.sum(-1, keepdim=True)) / (1 + fg.shape[-1])  # (B, T, G)
 
     def _transformed_foreground(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -138,12 +150,17 @@ class CASE(Method):
         return out["cluster_logits"].softmax(-1) @ self.cluster_fb[:, 0]  # (S, B, T)
 
     def _test_foreground(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Foreground maps (M, B, T) that calibrate the test-time T-CAS (Table 6)."""
         if self.test_foreground == "attention":
-            return out["attention"]
-        p_t = self._transformed_foreground(out)
+            return out["attention"]  # (S, B, T)
+        p_t = self._transformed_foreground(out)  # (S, B, T)
         if self.test_foreground == "transformed":
             return p_t
-        return self.fusion_weight * out["attention"] + (1 - self.fusion_weight) * p_t  # P^M
+        if self.test_fusion == "code":
+            # Public code: (CAS + P^A_rgb + P^A_flow + P^T_rgb + P^T_flow) / 5, i.e. P^M = the
+            # equal mix of P^A and P^T, weighted 4/5 against the CAS's 1/5.
+            return torch.cat([out["attention"], p_t])  # (2S, B, T)
+        return self.fusion_weight * out["attention"] + (1 - self.fusion_weight) * p_t  # P^M (S, B, T)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -155,7 +172,9 @@ class CASE(Method):
         # before the classifier is informative (docs/methods/case.md, "Attention warm-up").
         select_fg = att if self._epoch >= self.attention_warmup_epochs else torch.zeros_like(att)
         combined = self._combined_scores(out, select_fg)  # (B, T, G)
-        idx, counts = topk_mil_indices(combined, ratio=self.topk_ratio, mask=mask, return_counts=True)  # (B, k, G)
+        idx, counts = topk_mil_indices(
+            combined, ratio=self.topk_ratio, mask=mask, return_counts=True, rounding=self.topk_rounding
+        )  # (B, k, G)
 
         # Eq. 1: video scores from the mean of the top-k raw CAS logits, per stream.
         video_logits = topk_mil_pool(cas, idx, counts)  # (S, B, G)
@@ -287,8 +306,11 @@ class CASE(Method):
                 for si, branch in enumerate(self.memory)
             ])  # (S, B, T, G)
         combined = self._combined_scores(out, self._test_foreground(out), cas_prob)  # (B, T, G)
-        idx, counts = topk_mil_indices(combined, ratio=self.topk_ratio, mask=mask, return_counts=True)  # (B, k, G)
-        video_scores = topk_mil_pool(out["cas"].mean(0), idx, counts).softmax(-1)  # (B, G), streams averaged
+        idx, counts = topk_mil_indices(
+            combined, ratio=self.topk_ratio, mask=mask, return_counts=True, rounding=self.topk_rounding
+        )  # (B, k, G)
+        # Public code: each stream's top-k logits -> softmax, then the streams' mean.
+        video_scores = topk_mil_pool(out["cas"], idx, counts).softmax(-1).mean(0)  # (B, G)
         results = []
         for i in range(x.shape[0]):
             n = int(mask[i].sum())

@@ -6,7 +6,9 @@ Per stream (RGB and optical flow are the two halves of the feature vector):
   Conv1d(H -> G, 1) giving the T-CAS logits P^V;
 * attention branch: encoder Conv1d(D_s -> H, kernel) + ReLU giving the snippet embeddings E,
   attention layer Conv1d(H -> 1, 1) + sigmoid giving the foreground probabilities P^A, and
-  clustering head Linear(H -> K) giving the cluster logits of P^S.
+  clustering head giving the cluster logits of P^S: by default the public code's cosine head
+  (L2-normalised embeddings against K L2-normalised prototypes, no bias, times 10), or a
+  plain ``Linear(H -> K)`` (``cluster_head="linear"``).
 
 Layer sizes follow the authors' public code (H = 512, kernel 1): with D = 2048, G = 20,
 K = 16 that is 2.137 M parameters, the paper's Table 1 figure.
@@ -22,11 +24,35 @@ from taltoolkit.registry import register
 Tensor = torch.Tensor
 
 
+class CosineClusterHead(nn.Module):
+    """``scale * cos(E_t, prototype_k)``: logits (..., K) of L2-normalised embeddings (..., H).
+
+    As in CASE's public code the prototypes are renormalised in place (without gradient) at
+    every forward, so the optimizer updates unit vectors and the next forward projects them
+    back onto the sphere; the logits stay within [-scale, scale], the range that the
+    Sinkhorn sharpness (20 / rho over logits scaled by rho = 10) assumes.
+    """
+
+    def __init__(self, hidden_dim: int, num_clusters: int, scale: float = 10.0) -> None:
+        super().__init__()
+        self.scale = float(scale)
+        self.prototypes = nn.Linear(hidden_dim, num_clusters, bias=False)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        with torch.no_grad():
+            self.prototypes.weight.copy_(nn.functional.normalize(self.prototypes.weight, dim=1))
+        return self.prototypes(nn.functional.normalize(emb, dim=-1)) * self.scale
+
+
+CLUSTER_HEADS = ("cosine", "linear")
+
+
 class _Stream(nn.Module):
     """One stream's classification and attention branches."""
 
     def __init__(
-        self, in_dim: int, num_classes: int, hidden_dim: int, kernel_size: int, num_clusters: int, dropout: float
+        self, in_dim: int, num_classes: int, hidden_dim: int, kernel_size: int, num_clusters: int, dropout: float,
+        cluster_head: str = "cosine", cluster_scale: float = 10.0,
     ) -> None:
         super().__init__()
         # padding="same" keeps T for any kernel size (odd or even), so outputs align with steps.
@@ -34,7 +60,10 @@ class _Stream(nn.Module):
         self.classifier = nn.Conv1d(hidden_dim, num_classes, 1)
         self.att_encoder = nn.Conv1d(in_dim, hidden_dim, kernel_size, padding="same")
         self.attention = nn.Conv1d(hidden_dim, 1, 1)
-        self.cluster_head = nn.Linear(hidden_dim, num_clusters) if num_clusters > 0 else None
+        self.cluster_head: nn.Module | None = None
+        if num_clusters > 0:
+            self.cluster_head = (CosineClusterHead(hidden_dim, num_clusters, cluster_scale) if cluster_head == "cosine"
+                                 else nn.Linear(hidden_dim, num_clusters))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor) -> dict[str, Tensor | None]:
@@ -65,8 +94,10 @@ class TwoStreamWTAL(nn.Module):
 
     ``in_dim`` is split into ``streams`` equal consecutive slices (RGB first, then flow, as the
     features are stored); ``streams=1`` uses the whole vector (single-modality features).
-    ``num_clusters=0`` drops the clustering head (the plain baseline). ``dropout`` applies to
-    both encoders' outputs (0 by default, as in the code the defaults follow).
+    ``num_clusters=0`` drops the clustering head (the plain baseline). ``cluster_head`` is
+    ``"cosine"`` (the public code: :class:`CosineClusterHead` with ``cluster_scale`` 10) or
+    ``"linear"`` (a biased linear layer on the raw embeddings). ``dropout`` applies to both
+    encoders' outputs (0 by default, as in the code the defaults follow).
 
     forward(features (B, T, D), mask (B, T) bool | None) -> dict, streams stacked first:
       ``cas`` (S, B, T, G) logits, ``attention`` (S, B, T) probabilities, ``cluster_logits``
@@ -85,8 +116,12 @@ class TwoStreamWTAL(nn.Module):
         num_clusters: int = 16,
         dropout: float = 0.0,
         streams: int = 2,
+        cluster_head: str = "cosine",
+        cluster_scale: float = 10.0,
     ) -> None:
         super().__init__()
+        if cluster_head not in CLUSTER_HEADS:
+            raise ValueError(f"model.cluster_head={cluster_head!r}; choose one of {CLUSTER_HEADS}")
         if streams < 1 or in_dim % streams:
             raise ValueError(f"in_dim={in_dim} cannot be split into streams={streams} equal parts")
         if num_clusters < 0:
@@ -99,7 +134,8 @@ class TwoStreamWTAL(nn.Module):
         self.streams = streams
         self.stream_dim = in_dim // streams
         self.branches = nn.ModuleList(
-            _Stream(self.stream_dim, num_classes, hidden_dim, kernel_size, num_clusters, dropout) for _ in range(streams)
+            _Stream(self.stream_dim, num_classes, hidden_dim, kernel_size, num_clusters, dropout, cluster_head, cluster_scale)
+            for _ in range(streams)
         )
 
     def forward(self, features: Tensor, mask: Tensor | None = None) -> dict[str, Tensor | None]:
