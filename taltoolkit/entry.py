@@ -23,11 +23,20 @@ log = logging.getLogger("taltoolkit")
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
     from hydra.utils import instantiate
 
+    from taltoolkit.data.errors import UserInputError
+
     target = node.get("_target_", "?")
     log.info("building %s: %s", what, target)
     try:
         return instantiate(node, **kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised with the config path that failed
+        # A constructor's own user error (a DataError naming the key) already says what to fix;
+        # Hydra's InstantiationException wrapper would only bury it.
+        cause: BaseException | None = e
+        while cause is not None:
+            if isinstance(cause, UserInputError):
+                raise cause from None
+            cause = cause.__cause__ or cause.__context__
         raise RuntimeError(
             f"could not build {what} from _target_={target}: {type(e).__name__}: {e}\n"
             "(set HYDRA_FULL_ERROR=1 for the full traceback)"
@@ -92,7 +101,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     import torch
 
     from taltoolkit.data.sampling import make_dataset
-    from taltoolkit.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+    from taltoolkit.engine.checkpoint import atomic_write_bytes, checkpoint_meta, load_checkpoint, save_checkpoint
     from taltoolkit.engine import distributed as dist_utils
     from taltoolkit.engine.evaluator import Evaluator
     from taltoolkit.engine.logger import RunLogger
@@ -101,14 +110,19 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from taltoolkit.evaluation.presets import default_preset, get_preset
 
     out_dir = output_dir_from(cfg)
+    # Settings first: a bad value fails here, before the output folder is touched or data read.
+    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
+    labelled_fraction = _check_labelled_fraction(cfg.get("labelled_fraction"))
+    if dist_utils.is_main():  # rank 0 alone: the others would see the config.yaml rank 0 writes
+        claim_output_dir(out_dir, resuming=bool(trainer.resume), overwrite=bool(cfg.get("overwrite", False)))
     setup_logging(out_dir)
     seed_everything(int(cfg.seed))
+    run_config = OmegaConf.to_container(cfg, resolve=True)
     if dist_utils.is_main():
         yaml_text = OmegaConf.to_yaml(cfg, resolve=True).encode()
         atomic_write_bytes(out_dir / "config.yaml", lambda f: f.write(yaml_text))
 
     dataset = _instantiate(cfg.dataset, "dataset")
-    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
     model = None
     if cfg.get("model") is not None:
         model = _instantiate(cfg.model, "model", in_dim=dataset.feature_dim, num_classes=dataset.num_classes)
@@ -121,10 +135,23 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     postprocess = _instantiate(cfg.postprocess, "postprocess", _partial_=True)
 
     label_mode = cfg.get("label_mode") or method.label_mode
+    if labelled_fraction is not None and label_mode != "semi":
+        log.warning("labelled_fraction=%s is ignored: %s trains with label_mode=%s, and only label_mode=semi "
+                    "(e.g. method=apl) keeps labels on a fraction of the training videos",
+                    labelled_fraction, type(method).__name__, label_mode)
+
+    ev_cfg = cfg.get("evaluation") or {}
+    preset_name = ev_cfg.get("preset") or default_preset(dataset.name, method.paradigm)
+    preset = get_preset(preset_name)
+    tiou = list(ev_cfg.get("tiou_thresholds") or preset.tiou_thresholds)
+    subset = ev_cfg.get("subset") or dataset.test_subset
+    ground_truth = dataset.ground_truth(subset)
+    _check_ground_truth(ground_truth, subset, dataset)
+
     train_videos = dataset.train_videos(
         label_mode=label_mode,
         # A top-level labelled_fraction wins; else the method's own default (APL: method.labelled_fraction).
-        labelled_fraction=cfg.get("labelled_fraction") if cfg.get("labelled_fraction") is not None
+        labelled_fraction=labelled_fraction if labelled_fraction is not None
         else getattr(method, "labelled_fraction", None),
         split_seed=int(cfg.get("split_seed", 0))
     )
@@ -134,12 +161,6 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         dataset.name, len(train_videos), label_mode, len(test_videos), dataset.num_classes,
         dataset.feature_dim, trainer.device,
     )
-
-    ev_cfg = cfg.get("evaluation") or {}
-    preset_name = ev_cfg.get("preset") or default_preset(dataset.name, method.paradigm)
-    preset = get_preset(preset_name)
-    tiou = list(ev_cfg.get("tiou_thresholds") or preset.tiou_thresholds)
-    subset = ev_cfg.get("subset") or dataset.test_subset
 
     def sampler(videos, training: bool, seed: int = 0):  # noqa: ANN001, ANN202
         return make_dataset(method.sampling, videos, training=training, seed=seed,
@@ -152,7 +173,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         return sampler(videos, training=True, seed=seed)
 
     evaluator = Evaluator(
-        test_videos, dataset.classes, dataset.ground_truth(subset), subset, tiou, postprocess,
+        test_videos, dataset.classes, ground_truth, subset, tiou, postprocess,
         make_test_dataset, trainer.device, averages=preset.averages, progress=trainer.progress,
     )
     select_eval = None
@@ -170,9 +191,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     run_logger = RunLogger.from_config(cfg.get("logger"), out_dir, cfg)
     if cfg.get("weights"):
         # Evaluation only: weights of an earlier run (its checkpoints/inference.pt or last.ckpt).
-        state = load_checkpoint(cfg.weights, map_location=trainer.device)
-        method.load_state_dict(state["method"])
-        method.load_extra_state(state.get("method_extra", {}))
+        state = load_checkpoint(cfg.weights, map_location=trainer.device, key="weights")
+        _load_weights(method, state, cfg.weights, run_config)
         method.to(trainer.device)
         fit = FitResult(selected={"weights": str(cfg.weights), "note": "evaluation only (weights=...)"})
         log.info("evaluating the weights in %s (no training)", cfg.weights)
@@ -188,12 +208,14 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             seed=int(cfg.seed),
             select_evaluate=select_eval,
             reference_videos={v.name: v for v in dataset.all_videos() if v.name in train_names},
+            run_config=run_config,
         )
         if fit.selected.get("weights") == "interrupted":
             return {"interrupted": True, "history": fit.history}
         if dist_utils.is_main():
             save_checkpoint(out_dir / "checkpoints" / "inference.pt",
-                            {"method": method.inference_state_dict(), "method_extra": method.extra_state()})
+                            {"method": method.inference_state_dict(), "method_extra": method.extra_state()},
+                            checkpoint_meta("inference", method=type(method).__name__, config=run_config))
 
     metrics, dets, outputs = evaluator.evaluate(method)  # every rank predicts a share of the test videos
     if dist_utils.is_main():
@@ -217,6 +239,121 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         metrics = dist_utils.broadcast_object(metrics)
     return metrics
+
+
+# Files a run writes into its output folder; any of them there means the folder holds a run.
+RUN_OUTPUTS = ("config.yaml", "metrics.json", "predictions.json", "checkpoints", "plots")
+
+
+def claim_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse an output folder that holds another run's outputs, unless resuming or overwriting.
+
+    Re-running into a finished run's folder would replace its metrics, predictions and
+    checkpoints and mix two runs in one run.log. ``trainer.resume=PATH`` continues a run in
+    place; ``overwrite=true`` deletes the earlier run's outputs (and starts run.log afresh).
+    """
+    import shutil
+
+    from taltoolkit.data.errors import ConfigError
+
+    present = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
+    if not present or resuming:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"output folder {out_dir} already holds a run ({', '.join(present)}); choose another output_dir, "
+            "resume it with trainer.resume=PATH/checkpoints/last.ckpt, or pass overwrite=true to replace it"
+        )
+    log.warning("overwrite=true: deleting the earlier run's %s in %s", ", ".join(present), out_dir)
+    for name in present:
+        p = out_dir / name
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    log_file = out_dir / "run.log"
+    if log_file.is_file() and not _logged_to(log_file):
+        log_file.unlink()
+
+
+def _logged_to(path: Path) -> bool:
+    """Whether a handler already writes ``path`` (Hydra's own job log can be run.log)."""
+    return any(isinstance(h, logging.FileHandler) and Path(h.baseFilename) == path.resolve()
+               for h in logging.getLogger().handlers)
+
+
+def _check_labelled_fraction(value: Any) -> float | None:
+    from taltoolkit.data.errors import ConfigError
+
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+        raise ConfigError(f"labelled_fraction={value!r} must be a number in (0, 1]: the fraction of training "
+                          "videos that keep their labels under label_mode=semi (e.g. labelled_fraction=0.1)")
+    return float(value)
+
+
+def _check_ground_truth(ground_truth: dict[str, Any], subset: str, dataset: Any) -> None:
+    """An evaluation subset without ground truth would fail only after training: fail now."""
+    from taltoolkit.data.errors import DataError
+
+    n = sum(len(v.get("annotations", [])) for v in ground_truth.values())
+    if n == 0:
+        source = getattr(getattr(dataset, "annotations", None), "source", "") or "the annotations"
+        raise DataError(
+            f"evaluation subset {subset!r} of {source} has {len(ground_truth)} video(s) and no ground-truth "
+            "instance, so nothing could be evaluated after training; set dataset.test_subset (or "
+            "evaluation.subset) to an annotated subset"
+        )
+
+
+def _load_weights(method: Any, state: dict[str, Any], path: Any, run_config: dict[str, Any]) -> None:
+    """Load ``weights=`` into ``method``; a checkpoint of another method or network is named as such."""
+    from taltoolkit.data.errors import CheckpointError
+
+    meta = state.get("_taltoolkit", {})
+    this = type(method).__name__
+    saved_cfg = meta.get("config") or {}
+    if meta.get("method") != this:
+        theirs = (saved_cfg.get("method") or {}).get("_target_", "?")
+        ours = (run_config.get("method") or {}).get("_target_", "?")
+        raise CheckpointError(
+            f"weights={path} holds weights of method {meta.get('method')} ({theirs}) but this run builds {this} "
+            f"({ours}); pass the method the checkpoint was written with, or weights of a {this} run"
+        )
+    try:
+        method.load_state_dict(state["method"])
+    except RuntimeError as e:
+        diffs = _config_differences(saved_cfg, run_config, ("model", "method", "memory_branch",
+                                                             "dataset.feature_dim", "dataset.num_classes"))
+        detail = "; settings that differ (checkpoint vs this run): " + ", ".join(diffs[:8]) if diffs else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"weights={path}: its {this} network does not fit this run's ({first[:200]}){detail}; evaluate it with "
+            "the config it was trained with (its run folder's config.yaml)"
+        ) from None
+    method.load_extra_state(state.get("method_extra", {}))
+
+
+def _config_differences(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    def flat(node: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for k, v in node.items():
+                out.update(flat(v, f"{prefix}.{k}"))
+            return out
+        return {prefix: node}
+
+    def get(cfg: dict[str, Any], dotted: str) -> Any:
+        node: Any = cfg
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    out = []
+    for key in keys:
+        fa, fb = flat(get(a, key), key), flat(get(b, key), key)
+        for k in sorted(set(fa) | set(fb)):
+            if fa.get(k) != fb.get(k):
+                out.append(f"{k}={fa.get(k)!r} vs {fb.get(k)!r}")
+    return out
 
 
 def _memory_branch(cfg: DictConfig) -> Any:

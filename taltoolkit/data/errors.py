@@ -1,16 +1,34 @@
-"""The one exception the data layer raises for bad input on disk or in a config.
+"""The exceptions taltoolkit raises for bad input from the user (files, configs, checkpoints).
 
-A :class:`DataError` message always names the offending file (or video) and says how to
-fix it, because the person reading it is usually pointing a config at a folder they
-downloaded and needs to know which key to change or which file is wrong.
+Every message names the offending file, video or config key and says how to fix it,
+because the person reading it is usually pointing a config at a folder they downloaded
+and needs to know which key to change or which file is wrong. ``tools/run.py`` prints
+these messages alone (no traceback; ``HYDRA_FULL_ERROR=1`` shows it), so the message has
+to stand on its own.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
 
-class DataError(ValueError):
+class UserInputError(ValueError):
+    """Bad input from the user; the message names what is wrong and the fix."""
+
+
+class DataError(UserInputError):
     """Bad dataset input: the message names the file or video and the fix."""
+
+
+class ConfigError(UserInputError):
+    """A config value that cannot work: the message names the key and the fix."""
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint that cannot be used: the message names the file (and the config key)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist."""
 
 
 def preview(names: Iterable[str], limit: int = 5) -> str:

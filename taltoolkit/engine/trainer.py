@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from taltoolkit.data.errors import CheckpointError, ConfigError
 from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.feature_bank import FeatureBank, PositionsOnly
-from taltoolkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from taltoolkit.engine.checkpoint import checkpoint_meta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.structures import Video
 
@@ -125,12 +126,36 @@ class Trainer:
         progress: bool = True,
         drop_last: bool = True,
     ) -> None:
+        # Every setting is checked here, before any data is read or any epoch runs: a bad value
+        # would otherwise surface as a ZeroDivisionError mid-run or as an untrained model.
         if model_selection not in MODEL_SELECTIONS:
-            raise ValueError(f"trainer.model_selection={model_selection!r}; choose one of {MODEL_SELECTIONS}")
+            raise ConfigError(f"trainer.model_selection={model_selection!r}; choose one of {MODEL_SELECTIONS}")
         if optimizer not in ("adam", "adamw", "sgd"):
-            raise ValueError(f"trainer.optimizer={optimizer!r}; choose adam, adamw or sgd")
+            raise ConfigError(f"trainer.optimizer={optimizer!r}; choose adam, adamw or sgd")
         if scheduler not in ("none", "step", "cosine"):
-            raise ValueError(f"trainer.scheduler={scheduler!r}; choose none, step or cosine")
+            raise ConfigError(f"trainer.scheduler={scheduler!r}; choose none, step or cosine")
+        if amp_dtype not in ("bfloat16", "float16"):
+            raise ConfigError(f"trainer.amp_dtype={amp_dtype!r}; choose bfloat16 or float16")
+        _check_int("max_epochs", max_epochs, 1)
+        _check_int("batch_size", batch_size, 1)
+        _check_int("checkpoint_every", checkpoint_every, 1)
+        _check_int("eval_every", eval_every, 0, "(0 = no periodic evaluation)")
+        _check_int("warmup_epochs", warmup_epochs, 0)
+        _check_int("num_workers", num_workers, 0)
+        if stop_after_epochs is not None:
+            _check_int("stop_after_epochs", stop_after_epochs, 1, "(or null)")
+        for i, m in enumerate(milestones):
+            _check_int(f"milestones[{i}]", m, 0)
+        _check_float("lr", lr, low=0.0, low_open=True)
+        _check_float("weight_decay", weight_decay, low=0.0)
+        _check_float("momentum", momentum, low=0.0)
+        _check_float("lr_gamma", lr_gamma, low=0.0, low_open=True)
+        _check_float("grad_clip", grad_clip, low=0.0, note="(0 = no clipping)")
+        _check_float("held_out_fraction", held_out_fraction, low=0.0, low_open=True, high=1.0)
+        if len(betas) != 2:
+            raise ConfigError(f"trainer.betas={list(betas)} must be two numbers, e.g. [0.9, 0.999]")
+        for i, b in enumerate(betas):
+            _check_float(f"betas[{i}]", b, low=0.0, high=1.0)
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.optimizer_name = optimizer
@@ -168,14 +193,22 @@ class Trainer:
         self.distributed = dist_utils.init_distributed(self.device)
 
     # ------------------------------------------------------------------ optimisation
-    def build_optimizer(self, params: list[nn.Parameter], stage: Stage) -> torch.optim.Optimizer:
+    def build_optimizer(self, params: list[nn.Parameter], stage: Stage,
+                        no_decay: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
+        """``no_decay`` (a method's ``no_weight_decay_parameters()``, e.g. ActionFormer's norms,
+        biases and scales as its public code) go in a second group with weight decay 0."""
         lr = stage.options.get("lr", self.lr)
         wd = stage.options.get("weight_decay", self.weight_decay)
+        exempt = {id(p) for p in no_decay}
+        groups: list[Any] = params
+        if exempt:
+            groups = [g for g in ({"params": [p for p in params if id(p) not in exempt]},
+                                  {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}) if g["params"]]
         if self.optimizer_name == "adam":
-            return torch.optim.Adam(params, lr=lr, betas=self.betas, weight_decay=wd)
+            return torch.optim.Adam(groups, lr=lr, betas=self.betas, weight_decay=wd)
         if self.optimizer_name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, betas=self.betas, weight_decay=wd)
-        return torch.optim.SGD(params, lr=lr, momentum=self.momentum, weight_decay=wd)
+            return torch.optim.AdamW(groups, lr=lr, betas=self.betas, weight_decay=wd)
+        return torch.optim.SGD(groups, lr=lr, momentum=self.momentum, weight_decay=wd)
 
     def build_scheduler(self, opt: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):  # noqa: ANN201
         """Per-step schedule so that warm-up and cosine decay are smooth within an epoch."""
@@ -226,6 +259,7 @@ class Trainer:
         seed: int = 0,
         select_evaluate: Callable[[Method], dict[str, Any]] | None = None,
         reference_videos: dict[str, Video] | None = None,
+        run_config: dict[str, Any] | None = None,
     ) -> FitResult:
         """Train ``method`` through its stages.
 
@@ -235,7 +269,8 @@ class Trainer:
         on the test set, reported but never used for selection unless
         ``model_selection=test``); ``select_evaluate`` evaluates on the held-out split;
         ``reference_videos`` (name -> full-label record) reach the method's stage hooks for
-        metrics against hidden labels (:class:`StageContext`).
+        metrics against hidden labels (:class:`StageContext`); ``run_config`` (the resolved
+        config) is recorded in every checkpoint beside the method's name.
         """
         method.to(self.device)
         if self.compile:
@@ -243,15 +278,21 @@ class Trainer:
         out_dir = Path(out_dir)
         ckpt_path = out_dir / "checkpoints" / "last.ckpt"
         result = FitResult()
+        stages = method.stages()
+        stage_epochs = [st.epochs if st.epochs is not None else self.max_epochs for st in stages]
+        self._meta = {"method": type(method).__name__, "config": run_config, "stage_epochs": stage_epochs}
+        # The best weights so far (model_selection held_out/test) travel with the checkpoint, so
+        # a resumed run selects among every epoch's weights, not only those after the resume.
+        best: dict[str, Any] = {"score": -math.inf, "state": None, "where": None}
         start_stage, start_epoch, resume_state = 0, 0, None
         if self.resume:
-            resume_state = load_checkpoint(self.resume, map_location=self.device)
-            method.load_state_dict(resume_state["method"])
-            method.load_extra_state(resume_state.get("method_extra", {}))
+            resume_state = self._load_resume(method, stage_epochs)
             start_stage, start_epoch = resume_state["stage_index"], resume_state["epoch"]
             result.history = resume_state.get("history", [])
             result.evaluations = resume_state.get("evaluations", [])
             result.stage_metrics = resume_state.get("stage_metrics", [])
+            if resume_state.get("best"):
+                best.update(resume_state["best"])
             set_rng_state(resume_state["rng"])
             log.info("resumed from %s at stage %d epoch %d", self.resume, start_stage, start_epoch)
 
@@ -260,13 +301,11 @@ class Trainer:
         def set_train_videos(v: list[Video]) -> None:
             videos["current"] = v
 
-        best: dict[str, Any] = {"score": -math.inf, "state": None, "where": None}
         total_epochs_run = 0
-        stages = method.stages()
         for si, stage in enumerate(stages):
             if si < start_stage:
                 continue
-            epochs = stage.epochs if stage.epochs is not None else self.max_epochs
+            epochs = stage_epochs[si]
             first_epoch = start_epoch if si == start_stage else 0
             context = StageContext(
                 train_videos=videos["current"],
@@ -296,7 +335,8 @@ class Trainer:
                     device_ids=[self.device.index] if self.device.type == "cuda" else None,
                     find_unused_parameters=True,
                 )
-            opt = self.build_optimizer(params, stage)
+            no_decay = method.no_weight_decay_parameters() if hasattr(method, "no_weight_decay_parameters") else []
+            opt = self.build_optimizer(params, stage, no_decay)
             sched = self.build_scheduler(opt, epochs, max(1, len(loader)))
             scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
             if resume_state is not None and si == start_stage and first_epoch > 0:
@@ -364,9 +404,9 @@ class Trainer:
                 stopping = self.stop_after_epochs is not None and total_epochs_run >= self.stop_after_epochs
                 if epoch == epochs - 1:
                     # At a stage's end the next stage starts afresh (its hook runs, new optimizer).
-                    self._save(ckpt_path, method, opt, sched, si + 1, 0, result)
+                    self._save(ckpt_path, method, opt, sched, si + 1, 0, result, best)
                 elif (epoch + 1) % self.checkpoint_every == 0 or stopping:
-                    self._save(ckpt_path, method, opt, sched, si, epoch + 1, result)
+                    self._save(ckpt_path, method, opt, sched, si, epoch + 1, result, best)
                 if stopping:
                     log.warning("stopping after %d epochs (trainer.stop_after_epochs)", total_epochs_run)
                     result.selected = {"weights": "interrupted"}
@@ -401,7 +441,43 @@ class Trainer:
                 best.update(score=score, state=copy.deepcopy(method.state_dict()), where=dict(entry))
         method.train()
 
-    def _save(self, path: Path, method: Method, opt, sched, stage_index: int, epoch: int, result: FitResult) -> None:  # noqa: ANN001
+    def _load_resume(self, method: Method, stage_epochs: list[int]) -> dict[str, Any]:
+        """The ``trainer.resume`` checkpoint, checked against this run, loaded into ``method``."""
+        state = load_checkpoint(self.resume, map_location=self.device, key="trainer.resume")
+        meta = state.get("_taltoolkit", {})
+        where = f"trainer.resume={self.resume}"
+        if meta.get("kind") != "resume":
+            raise CheckpointError(f"{where} is an inference checkpoint (weights only, no optimizer or RNG state); "
+                                  "resume from the run's checkpoints/last.ckpt, or evaluate it with weights=PATH")
+        this = type(method).__name__
+        if meta.get("method") != this:
+            raise CheckpointError(f"{where} was written by method {meta.get('method')} but this run builds {this}; "
+                                  f"resume with the method that wrote it, or point trainer.resume at a {this} run")
+        saved_epochs = list(meta.get("stage_epochs") or [])
+        if state["stage_index"] >= len(stage_epochs):
+            if saved_epochs != stage_epochs:
+                raise ConfigError(
+                    f"{where} is the checkpoint of a finished run (its stages trained {saved_epochs} epochs) and "
+                    f"this config asks for {stage_epochs}. A finished run cannot be extended: its learning-rate "
+                    "schedules ended and the next stages' hooks would not run as in one longer run. Start a new "
+                    "run with the longer schedule (e.g. trainer.max_epochs=N), or evaluate its weights with "
+                    "weights=PATH"
+                )
+            log.warning("%s is the checkpoint of a finished run: nothing left to train; evaluating its weights",
+                        where)
+        elif saved_epochs and saved_epochs != stage_epochs:
+            log.warning("%s was written with stage epochs %s; this run uses %s, so the remaining learning-rate "
+                        "schedule differs from the interrupted run's", where, saved_epochs, stage_epochs)
+        try:
+            method.load_state_dict(state["method"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{where}: its weights do not fit this run's {this} network ({_first_line(e)}); "
+                                  "resume with the config the checkpoint was written with") from None
+        method.load_extra_state(state.get("method_extra", {}))
+        return state
+
+    def _save(self, path: Path, method: Method, opt, sched, stage_index: int, epoch: int, result: FitResult,  # noqa: ANN001
+              best: dict[str, Any]) -> None:
         if not dist_utils.is_main():
             return
         save_checkpoint(
@@ -417,8 +493,30 @@ class Trainer:
                 "history": result.history,
                 "evaluations": result.evaluations,
                 "stage_metrics": result.stage_metrics,
+                "best": best if best["state"] is not None else None,
             },
+            checkpoint_meta("resume", **getattr(self, "_meta", {})),
         )
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_int(key: str, value: Any, low: int, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"trainer.{key}={value!r} must be an integer >= {low}{' ' + note if note else ''}; "
+                          f"set trainer.{key}=N")
+
+
+def _check_float(key: str, value: Any, low: float, low_open: bool = False, high: float | None = None,
+                 note: str = "") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (high is None or value < high)
+    if not ok:
+        bounds = f"{'>' if low_open else '>='} {low:g}" + (f" and < {high:g}" if high is not None else "")
+        raise ConfigError(f"trainer.{key}={value!r} must be a finite number {bounds}{' ' + note if note else ''}")
 
 
 def _progress(it, enabled: bool, desc: str):  # noqa: ANN001, ANN202
