@@ -156,3 +156,101 @@ def test_dataset_layout_meta_mismatch(tmp_path: Path) -> None:
     root = write_layout([v], CLASSES, tmp_path / "ds", "split")
     ds = TALDataset(name="tiny", root=str(root), layout="split", feature_dim=4, step_s=0.5, train_subset="test")
     _raises(ds.test_videos, "layout.json", "dataset.step_s=0.64")
+
+
+def test_truncated_wtalc_joint_file_names_the_file(tmp_path: Path) -> None:
+    ann = load_activitynet_json(_gt(tmp_path, {"v1": "test", "v2": "test"}))
+    f = tmp_path / "D-I3D-JOINTFeatures.npy"
+    arr = np.empty(2, object)
+    arr[0], arr[1] = _ok(t=50), _ok(t=60)
+    np.save(f, arr, allow_pickle=True)
+    assert len(read_wtalc(f, ann, 4)) == 2
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # an interrupted download
+    _raises(lambda: read_wtalc(f, ann, 4), str(f), "truncated")
+
+
+def _python2_joint_file(path: Path, features: np.ndarray) -> None:
+    """A one-video W-TALC joint file as Python 2's pickle writes it: protocol 2, the array's
+    dtype codes and data as Python 2 ``str`` (SHORT_BINSTRING), which Python 3 can only read
+    as bytes (the public loaders pass ``encoding='bytes'``)."""
+    import io
+
+    def u(b: bytes) -> bytes:
+        assert len(b) < 256
+        return b"U" + bytes([len(b)]) + b
+
+    def array(shape: bytes, descr: bytes, order: bytes, flags: bytes, payload: bytes) -> bytes:
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + u(b"b") + b"\x87R"
+                + b"(K\x01" + shape + b"cnumpy\ndtype\n" + u(descr) + b"K\x00K\x01\x87R(K\x03" + u(order)
+                + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xff" + flags + b"tb\x89" + payload + b"tb")
+
+    t, d = features.shape
+    inner = array(b"K%cK%c\x86" % (t, d), b"f4", b"<", b"K\x00", u(features.astype("<f4").tobytes()))
+    outer = array(b"K\x01\x85", b"O8", b"|", b"K?", b"]" + inner + b"a")
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": (1,)})
+    path.write_bytes(header.getvalue() + b"\x80\x02" + outer + b".")
+
+
+def test_wtalc_joint_file_written_by_python2_reads(tmp_path: Path) -> None:
+    ann = load_activitynet_json(_gt(tmp_path, {"v1": "test"}))
+    f = tmp_path / "D-I3D-JOINTFeatures.npy"
+    feats = (np.arange(12, dtype=np.float32).reshape(3, 4) - 5) / 3  # bytes >= 0x80: not ASCII
+    _python2_joint_file(f, feats)
+    (v,) = read_wtalc(f, ann, 4)
+    assert np.array_equal(v.features, feats)
+
+
+def test_one_modality_with_extra_channels_names_both_files(tmp_path: Path) -> None:
+    gt = _gt(tmp_path, {"v1": "test", "v2": "test"})
+    ann = load_activitynet_json(gt)
+    for name in ("v1", "v2"):
+        for mod in ("rgb", "flow"):
+            p = tmp_path / "features" / "test" / mod
+            p.mkdir(parents=True, exist_ok=True)
+            np.save(p / f"{name}.npy", _ok(d=2))
+    assert len(read_split(tmp_path, ann, 4, subsets={"test": "test"})) == 2
+    flow = tmp_path / "features" / "test" / "flow" / "v2.npy"
+    rgb = tmp_path / "features" / "test" / "rgb" / "v2.npy"
+    np.save(flow, _ok(d=3))
+    msg = _raises(lambda: read_split(tmp_path, ann, 4, subsets={"test": "test"}), str(flow), str(rgb),
+                  "(5, 3)", "(5, 2)", "'v2'")
+    assert "dataset.feature_dim=5" not in msg  # not told to widen every video for one broken file
+    # Same total width, misaligned channels: v2's modalities are 1 + 3 wide, v1's 2 + 2.
+    np.save(rgb, _ok(d=1))
+    _raises(lambda: read_split(tmp_path, ann, 4, subsets={"test": "test"}), str(flow), str(rgb), "(5, 1)", "(5, 3)",
+            "'v1'", "'v2'", "re-extract")
+
+
+def _gt_segments(root: Path, segments: list[list[float]], duration: float = 10.0) -> Path:
+    db = {"v1": {"subset": "test", "duration": duration, "fps": 25.0,
+                 "annotations": [{"label": "a", "segment": s} for s in segments]}}
+    path = root / "gt.json"
+    path.write_text(json.dumps({"version": "t", "classes": CLASSES, "database": db}))
+    return path
+
+
+def test_negative_segment_start_is_an_error_at_load_time(tmp_path: Path) -> None:
+    from taltoolkit.data.writers import write_wtalc_annotations
+
+    p = _gt_segments(tmp_path, [[1.0, 2.0], [-0.5, 1.0]])
+    _raises(lambda: load_activitynet_json(p), str(p), "'v1'", "[-0.5, 1.0]", "before 0 s")
+    v = Video("v1", _ok(), 10.0, 25.0, 0.64, subset="test", segments=np.array([[-0.5, 1.0]]),
+              labels=np.array([0]), video_labels=np.array([1, 0], np.float32))
+    write_wtalc_annotations(tmp_path / "ann", [v], CLASSES)
+    _raises(lambda: load_wtalc_annotations(tmp_path / "ann"), "segments.npy", "'v1'", "before 0 s")
+
+
+def test_segment_beyond_the_video_end_warns_naming_the_video(tmp_path: Path, caplog) -> None:
+    import logging
+
+    p = _gt_segments(tmp_path, [[1.0, 2.0]], duration=10.0)
+    with caplog.at_level(logging.WARNING, logger="taltoolkit"):
+        load_activitynet_json(p)
+    assert not caplog.records
+    p = _gt_segments(tmp_path, [[1.0, 2.0], [12.0, 13.5]], duration=10.0)
+    with caplog.at_level(logging.WARNING, logger="taltoolkit"):
+        ann = load_activitynet_json(p)
+    assert ann.videos["v1"].segments.tolist() == [[1.0, 2.0], [12.0, 13.5]]  # kept, as the official evaluation does
+    (rec,) = caplog.records
+    assert "'v1'" in rec.getMessage() and str(p) in rec.getMessage() and "after their video's end" in rec.getMessage()

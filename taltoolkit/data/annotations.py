@@ -4,6 +4,8 @@ Both formats load into one :class:`AnnotationSet` whose videos keep the file's o
 W-TALC joint feature file is stored in ``videoname.npy`` order, so order is data). Segments
 are kept exactly as written, including the ones that end after the video's duration or
 have zero length (real THUMOS'14 and ActivityNet files contain both); nothing is dropped.
+A segment that starts before 0 s is an error; one that lies wholly after the video's end
+(30 in real THUMOS'14) is kept and logged as a warning naming the videos.
 
 Video-level labels are always derived from the instances. The W-TALC folder also has a
 ``labels_all.npy`` but on THUMOS'14 it disagrees with the instances for 28 videos, and the
@@ -12,6 +14,7 @@ JSON format has no such field, so using it would make the two formats disagree.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,8 @@ _PACKAGED = {
     "activitynet12": ("activitynet12", "activitynet12_annotations.json", "ActivityNet1.2-Annotations"),
     "activitynet13": ("activitynet13", "activitynet13_annotations.json", "ActivityNet1.3-Annotations"),
 }
+log = logging.getLogger("taltoolkit")
+
 _ALIASES = {
     "thumos": "thumos14",
     "thumos14reduced": "thumos14",
@@ -265,7 +270,35 @@ def load_activitynet_json(path: str | os.PathLike, classes: list[str] | None = N
             segments=np.asarray(segs, np.float64).reshape(-1, 2),
             labels=np.asarray(lab_ids, np.int64),
         )
+    _check_segment_bounds(videos, f"annotation file {path}")
     return AnnotationSet(class_list, videos, str(path))
+
+
+def _check_segment_bounds(videos: dict[str, VideoAnnotation], where: str) -> None:
+    """Negative starts are an error; segments wholly past the video's end are kept, with a warning.
+
+    A negative start is no real time (evaluation rejects it, after a whole training run);
+    real THUMOS'14 has 30 segments that start after their video's duration, which the
+    official evaluation counts as ground truth, so those stay, but the user is told that
+    no feature covers them.
+    """
+    negative = [(v.name, v.segments[i].tolist()) for v in videos.values() for i in np.nonzero(v.segments[:, 0] < 0)[0]]
+    if negative:
+        shown = ", ".join(f"{n!r} {seg}" for n, seg in negative[:3])
+        raise DataError(
+            f"{where}: {len(negative)} segment(s) start before 0 s, e.g. video {shown}; fix the start times "
+            "(segments are [start, end] seconds from the video's start)"
+        )
+    past = [(v.name, v.segments[i].tolist(), v.duration) for v in videos.values()
+            for i in np.nonzero(v.segments[:, 0] >= v.duration)[0]]
+    if past:
+        names = list(dict.fromkeys(n for n, _, _ in past))
+        shown = ", ".join(f"{n!r} {seg} (duration {d:g} s)" for n, seg, d in past[:3])
+        log.warning(
+            "%s: %d segment(s) of %d video(s) lie wholly after their video's end, e.g. %s; they are kept as "
+            "ground truth (the official evaluation counts them) but no feature covers them: check the durations "
+            "or segment times of %s", where, len(past), len(names), shown, preview(names, 3),
+        )
 
 
 # --------------------------------------------------------------------------- W-TALC npy
@@ -275,10 +308,12 @@ def _strings(a: np.ndarray) -> list[str]:
 
 def _load_npy(path: Path, folder: Path) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as e:
+        # Pickled object arrays written by Python 2: encoding="bytes" as the public loaders do
+        # (strings come back as bytes and are decoded by _strings).
+        return np.load(path, allow_pickle=True, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - a truncated pickle raises UnpicklingError, EOFError, ValueError...
         raise DataError(
-            f"W-TALC annotation file {path} cannot be read ({e}); re-download the folder {folder}"
+            f"W-TALC annotation file {path} cannot be read ({type(e).__name__}: {e}); re-download the folder {folder}"
         ) from None
 
 
@@ -361,6 +396,7 @@ def load_wtalc_annotations(folder: str | os.PathLike, classes: list[str] | None 
             segments=segs,
             labels=np.asarray([index[lab] for lab in labs], np.int64),
         )
+    _check_segment_bounds(videos, f"W-TALC annotation file {folder / 'segments.npy'}")
     return AnnotationSet(class_list, videos, str(folder))
 
 

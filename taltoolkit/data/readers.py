@@ -43,6 +43,11 @@ def _ordered_map(fn: Callable[[_A], _R], items: Sequence[_A]) -> list[_R]:
         return list(pool.map(fn, items))
 
 
+def _short(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _check_finite(feats: np.ndarray, name: str, path: Path | str) -> None:
     if np.isfinite(feats).all():
         return
@@ -154,9 +159,15 @@ def read_wtalc(
             "dataset.features_file=PATH, or run tools/make_synthetic.py"
         )
     try:
-        joint = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError) as e:
-        raise DataError(f"W-TALC feature file {path} cannot be read ({e}); re-download it") from None
+        # The joint file is a pickled object array (unpickling runs code from the file: only
+        # files the user pointed at are loaded, docs/datasets.md). The public files were written
+        # by Python 2; encoding="bytes" is how the public loaders read them.
+        joint = np.load(path, allow_pickle=True, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - a truncated pickle raises UnpicklingError, EOFError, ValueError...
+        raise DataError(
+            f"W-TALC feature file {path} cannot be read ({type(e).__name__}: {_short(e)}); the file is truncated "
+            "or not a W-TALC .npy: re-download it"
+        ) from None
     if joint.dtype != object and joint.ndim != 3:
         raise DataError(
             f"W-TALC feature file {path} holds an array of shape {joint.shape}; expected an object array of "
@@ -246,7 +257,7 @@ def read_split(
             if extra and not ignore_unannotated:
                 raise _extra_error(extra, folder, annotations)
 
-    def load(a: VideoAnnotation) -> Video:
+    def load(a: VideoAnnotation) -> tuple[Video, list[tuple[Path, tuple[int, ...]]]]:
         parts = []
         for mod in modalities:
             p = root / "features" / subsets[a.subset] / mod / f"{a.name}.npy"
@@ -257,11 +268,36 @@ def read_split(
             raise DataError(
                 f"modalities of video {a.name!r} differ in length ({detail}); re-extract them with the same snippets"
             )
+        shapes = [(p, tuple(f.shape)) for p, f in parts]
+        dim = sum(f.shape[1] for _, f in parts)
+        if dim != feature_dim:
+            # Name every modality's file and shape: one file with extra channels is a broken
+            # file, not a reason to change dataset.feature_dim to the sum.
+            raise DataError(
+                f"features of video {a.name!r} have {dim} channels in all, not dataset.feature_dim={feature_dim}: "
+                + ", ".join(f"{p} has shape {shape}" for p, shape in shapes)
+                + "; re-extract the file whose channels differ, or set dataset.feature_dim if every video has them"
+            )
         feats = parts[0][1] if len(parts) == 1 else np.concatenate([f for _, f in parts], axis=1)  # (T, D)
-        _check_dim(feats.shape[1], feature_dim, a.name, " + ".join(str(p) for p, _ in parts))
-        return _make_video(a, feats, annotations, step_s, offset_s, a.fps or WTALC_FPS)
+        return _make_video(a, feats, annotations, step_s, offset_s, a.fps or WTALC_FPS), shapes
 
-    return _ordered_map(load, selected)
+    loaded = _ordered_map(load, selected)
+    # Per-modality widths must agree across videos, or channels of one video would be
+    # misaligned with the others' although the sum matches feature_dim.
+    widths = [tuple(shape[1] for _, shape in shapes) for _, shapes in loaded]
+    common = max(set(widths), key=widths.count) if widths else ()
+    def files(shapes: list[tuple[Path, tuple[int, ...]]]) -> str:
+        return ", ".join(f"{p} has shape {shape}" for p, shape in shapes)
+
+    for (video, shapes), w in zip(loaded, widths):
+        if w != common:
+            ref_video, ref_shapes = loaded[widths.index(common)]
+            raise DataError(
+                f"modalities {list(modalities)} of video {video.name!r} are {list(w)} channels wide ({files(shapes)}) "
+                f"but those of video {ref_video.name!r} are {list(common)} ({files(ref_shapes)}); re-extract the "
+                "video whose widths are wrong"
+            )
+    return [video for video, _ in loaded]
 
 
 # --------------------------------------------------------------------------- concat per video
