@@ -13,6 +13,7 @@ from taltoolkit.losses.acmnet import (
     sparse_attention_loss,
     three_branch_mil_loss,
     three_branch_targets,
+    topk_counts,
 )
 from taltoolkit.models.acmnet import ACMNet
 from taltoolkit.registry import get
@@ -41,16 +42,20 @@ def test_shapes_attention_and_weighted_tcams() -> None:
 
 def test_layers_and_parameter_count() -> None:
     model = ACMNet(in_dim=2048, num_classes=20)
-    assert model.embedding.kernel_size == (3,) and model.attention.kernel_size == (3,)
+    # ACM-Net's code: embedding conv kernel 3, attention conv (att_branch) kernel 1
+    assert model.embedding.kernel_size == (3,) and model.attention.kernel_size == (1,)
     n = sum(p.numel() for p in model.parameters())
-    assert n == (2048 * 2048 * 3 + 2048) + (2048 * 3 * 3 + 3) + (2048 * 21 + 21)
+    assert n == (2048 * 2048 * 3 + 2048) + (2048 * 3 * 1 + 3) + (2048 * 21 + 21)
+    # RMGCL's Sec. III-B text: kernel 3
+    assert ACMNet(in_dim=8, num_classes=2, hidden_dim=4, attention_kernel_size=3).attention.kernel_size == (3,)
     assert get("backbone", "acmnet").obj is ACMNet
 
 
-@pytest.mark.parametrize("kernel_size", [1, 3])
-def test_padding_does_not_leak(kernel_size: int) -> None:
+@pytest.mark.parametrize("kernel_size,attention_kernel_size", [(1, 1), (3, 1), (3, 3)])
+def test_padding_does_not_leak(kernel_size: int, attention_kernel_size: int) -> None:
     torch.manual_seed(0)
-    model = ACMNet(in_dim=6, num_classes=3, hidden_dim=5, kernel_size=kernel_size).eval()
+    model = ACMNet(in_dim=6, num_classes=3, hidden_dim=5, kernel_size=kernel_size,
+                   attention_kernel_size=attention_kernel_size).eval()
     x = torch.randn(2, 9, 6)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 5:] = False
@@ -80,6 +85,25 @@ def test_dropout_only_while_training() -> None:
         model(torch.randn(1, 4, 5))
 
 
+@pytest.mark.parametrize("input_dropout,attention_dropout", [(True, False), (False, True), (True, True)])
+def test_activitynet_dropouts(input_dropout: bool, attention_dropout: bool) -> None:
+    """ACM-Net's ActivityNet model drops the input features (so F changes) and the attention's input."""
+    torch.manual_seed(0)
+    model = ACMNet(in_dim=6, num_classes=3, hidden_dim=32, dropout=0.5, input_dropout=input_dropout,
+                   attention_dropout=attention_dropout).train()
+    x = torch.rand(2, 9, 6) + 0.5
+    a, b = model(x), model(x)
+    assert torch.equal(a["embeddings"], b["embeddings"]) != input_dropout
+    assert torch.equal(a["attention"], b["attention"]) is False  # either dropout reaches the attention
+    if not input_dropout:  # the attention alone is dropped: F is the clean embedding
+        torch.testing.assert_close(a["embeddings"], model.eval()(x)["embeddings"])
+    model.eval()
+    ref = ACMNet(in_dim=6, num_classes=3, hidden_dim=32, dropout=0.5).eval()
+    ref.load_state_dict(model.state_dict())
+    for key, value in model(x).items():  # no dropout at test time: the THUMOS network's outputs
+        torch.testing.assert_close(value, ref(x)[key])
+
+
 def test_segment_dropout_drops_whole_steps() -> None:
     torch.manual_seed(0)
     model = ACMNet(in_dim=4, num_classes=2, hidden_dim=64, dropout=0.5)
@@ -103,14 +127,23 @@ def test_three_branch_targets() -> None:
     assert t[0, 1].sum() == 0  # no label: no target, no NaN
 
 
+def test_topk_counts_are_acmnet_floor() -> None:
+    lengths = torch.tensor([750, 23, 7, 1])
+    # ACM-Net: max(T // k, 1); rounding T / k would give 94, 3, 1, 1 for k = 8
+    assert topk_counts(lengths, 8).tolist() == [93, 2, 1, 1]
+    assert topk_counts(lengths, 3).tolist() == [250, 7, 2, 1]
+    with pytest.raises(ValueError, match="divisor"):
+        topk_counts(lengths, 0.5)
+
+
 def test_mil_loss_matches_loops() -> None:
-    b, t, c = 2, 12, 3
+    b, t, c = 2, 23, 3
     tcams = [randn(b, t, c + 1) for _ in range(3)]
     y = torch.tensor([[1.0, 0, 0], [0, 1, 1]])
     mask = torch.ones(b, t, dtype=torch.bool)
-    mask[1, 9:] = False
-    ratios = (1 / 4, 1 / 3, 1 / 2)
-    got = three_branch_mil_loss(tcams, y, ratios, mask)
+    mask[1, 17:] = False
+    divisors = (8, 3, 2)
+    got = three_branch_mil_loss(tcams, y, divisors, mask)
     targets = [
         [list(y[i].tolist()) + [0.0] for i in range(b)],
         [list(y[i].tolist()) + [1.0] for i in range(b)],
@@ -120,7 +153,7 @@ def test_mil_loss_matches_loops() -> None:
         total = 0.0
         for i in range(b):
             n = int(mask[i].sum())
-            k = max(1, round(n * ratios[m]))
+            k = max(1, n // divisors[m])  # ACM-Net: max(T // k, 1)
             logits = [
                 sum(sorted(tcams[m][i, :n, j].tolist(), reverse=True)[:k]) / k for j in range(c + 1)
             ]  # top-k MIL
@@ -134,7 +167,7 @@ def test_branch_video_logits_never_pick_padding() -> None:
     tcam = randn(1, 8, 2)
     mask = torch.tensor([[True] * 4 + [False] * 4])
     tcam[0, 4:] = 100.0
-    v = branch_video_logits(tcam, 1 / 2, mask)
+    v = branch_video_logits(tcam, 2, mask)
     torch.testing.assert_close(v[0], tcam[0, :4].topk(2, dim=0).values.mean(0))
 
 
@@ -146,17 +179,17 @@ def test_auxiliary_losses_match_loops() -> None:
     emb = randn(b, t, h).abs() * 20
     mask = torch.ones(b, t, dtype=torch.bool)
     mask[0, 7:] = False
-    ratios = (1 / 5, 1 / 3, 1 / 2)
+    divisors = (4, 3, 2)
     guide, sparse, ref_feat = 0.0, 0.0, 0.0
     for i in range(b):
         n = int(mask[i].sum())
         for s in range(n):
             bg = tcam_ins[i, s].softmax(-1)[-1]
             guide += abs(1 - float(bg) - float(att[i, s, 0]))
-            sparse += float(att[i, s, 0] + att[i, s, 1])
+            sparse += float(att[i, s, 0] + att[i, s, 1]) / 2  # ACM-Net: mean over the two branches
         norms = []
         for m in range(3):
-            k = max(1, round(n * ratios[m]))
+            k = max(1, n // divisors[m])
             top = sorted(range(n), key=lambda s: -float(att[i, s, m]))[:k]
             norms.append(float(sum(emb[i, s] for s in top).div(k).norm()))
         l1 = max(0.0, 50 - norms[0] + norms[1])
@@ -164,7 +197,7 @@ def test_auxiliary_losses_match_loops() -> None:
         ref_feat += (l1 + l2 + norms[2]) ** 2
     assert abs(float(guide_loss(tcam_ins, att, mask)) - guide / b) < 1e-10
     assert abs(float(sparse_attention_loss(att, mask)) - sparse / b) < 1e-10
-    assert abs(float(feature_magnitude_loss(emb, att, ratios, mask)) - ref_feat / b) < 1e-8
+    assert abs(float(feature_magnitude_loss(emb, att, divisors, mask)) - ref_feat / b) < 1e-8
 
 
 def test_guide_loss_does_not_train_attention() -> None:

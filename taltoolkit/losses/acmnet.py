@@ -13,7 +13,11 @@ here so that the baseline can be the published one:
 * :func:`sparse_attention_loss` -- few steps may be instance or context.
 
 Their weights in ACM-Net's public configuration are (2e-3, 5e-5, 2e-4) on THUMOS14 and
-(5e-3, 1e-5, 0) on ActivityNet 1.3; setting them to 0 gives Eq. 17 as printed.
+(5e-3, 5e-5, 0) on ActivityNet 1.3; setting them to 0 gives Eq. 17 as printed.
+
+Top-k counts follow ACM-Net's public code: a video of T real steps pools the
+``max(T // k, 1)`` highest steps, with the integer divisors k = (8, 3, 3) on THUMOS14 and
+(2, 10, 10) on ActivityNet 1.3 for the (instance, context, background) branches.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from taltoolkit.losses.mil import topk_mil_indices, topk_mil_pool, video_ce_loss
+from taltoolkit.losses.mil import topk_mil_pool, video_ce_loss
 
 Tensor = torch.Tensor
 
@@ -34,6 +38,8 @@ __all__ = [
     "sparse_attention_loss",
     "three_branch_mil_loss",
     "three_branch_targets",
+    "topk_counts",
+    "topk_indices",
 ]
 
 BRANCHES = ("ins", "con", "back")  # action instance, action context, background (Eq. 3-5)
@@ -55,38 +61,70 @@ def three_branch_targets(video_labels: Tensor) -> Tensor:
     return targets / targets.sum(-1, keepdim=True).clamp_min(1e-12)
 
 
-def branch_video_logits(tcam: Tensor, ratio: float, mask: Tensor | None = None) -> Tensor:
+def topk_counts(lengths: Tensor, divisor: int) -> Tensor:
+    """ACM-Net's top-k count per video: ``max(T_b // divisor, 1)``, clamped to T_b.
+
+    Shapes: lengths (B,) long, each video's number of real steps -> (B,) long. ACM-Net
+    computes ``max(temp_len // ins_topk_seg, 1)`` on the (unpadded) sequence it is given.
+    """
+    if int(divisor) != divisor or divisor < 1:
+        raise ValueError(f"top-k divisor {divisor} must be a positive integer (ACM-Net: T // 8, T // 3, T // 3)")
+    lengths = lengths.long()
+    return torch.minimum((lengths // int(divisor)).clamp_min(1), lengths)
+
+
+def topk_indices(scores: Tensor, divisor: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Indices of each video's ``max(T_b // divisor, 1)`` highest steps, per column.
+
+    Shapes: scores (B, T, K); mask (B, T) bool, True = real step -> indices (B, k_max, K)
+    long sorted by decreasing score, counts (B,). Slots past a video's own count are
+    ignored by :func:`~taltoolkit.losses.mil.topk_mil_pool` given the counts. Padded steps
+    rank last, so they are never among a video's own picks.
+    """
+    b, t, _ = scores.shape
+    if mask is None:
+        lengths = torch.full((b,), t, dtype=torch.long, device=scores.device)
+    else:
+        mask = mask.to(torch.bool)
+        lengths = mask.sum(1)
+        scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+    counts = topk_counts(lengths, divisor)  # (B,)
+    k_max = min(max(int(counts.max()), 1) if b else 1, t)
+    idx = scores.detach().topk(k_max, dim=1).indices  # (B, k_max, K)
+    return idx, counts
+
+
+def branch_video_logits(tcam: Tensor, divisor: int, mask: Tensor | None = None) -> Tensor:
     """Top-k MIL video logits of one attention-weighted TCAM (Eq. 5's pooling, before the softmax).
 
     Shapes: tcam (B, T, K) logits A^m (Eq. 4); mask (B, T) bool -> (B, K), per class the mean
-    of its ``max(1, round(T_b * ratio))`` highest values over each video's real steps.
-    (ACM-Net uses ``T // ratio_inverse``; rounding is this toolkit's convention, see
-    :func:`taltoolkit.losses.mil.topk_count`.)
+    of its ``max(T_b // divisor, 1)`` highest values over each video's T_b real steps
+    (ACM-Net's count, :func:`topk_counts`).
     """
-    idx, counts = topk_mil_indices(tcam, ratio=ratio, mask=mask, return_counts=True)  # (B, k, K)
+    idx, counts = topk_indices(tcam, divisor, mask)  # (B, k, K)
     return topk_mil_pool(tcam, idx, counts)
 
 
 def three_branch_mil_loss(
     tcams: Sequence[Tensor],
     video_labels: Tensor,
-    ratios: Sequence[float] = (1 / 8, 1 / 3, 1 / 3),
+    topk: Sequence[int] = (8, 3, 3),
     mask: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """L_cls^m of Eq. 5 for m in (ins, con, back): cross-entropy of top-k MIL video scores.
 
     Shapes: tcams three (B, T, C+1) logits (A^ins, A^con, A^back of Eq. 4); video_labels
-    (B, C); ratios the top-k fractions per branch (ACM-Net THUMOS14: T/8, T/3, T/3;
-    ActivityNet 1.3: T/2, T/10, T/10); mask (B, T) -> {"loss_ins", "loss_con", "loss_back"}
-    scalars, each ``mean_b -sum_c y^m_c log softmax(p^m)_c`` with the targets of
+    (B, C); topk the integer divisors per branch, k = max(T // divisor, 1) (ACM-Net
+    THUMOS14: 8, 3, 3; ActivityNet 1.3: 2, 10, 10); mask (B, T) -> {"loss_ins", "loss_con",
+    "loss_back"} scalars, each ``mean_b -sum_c y^m_c log softmax(p^m)_c`` with the targets of
     :func:`three_branch_targets`. Their sum is L_cls of Eq. 17.
     """
-    if len(tcams) != 3 or len(ratios) != 3:
-        raise ValueError("need three TCAMs and three top-k ratios (instance, context, background)")
+    if len(tcams) != 3 or len(topk) != 3:
+        raise ValueError("need three TCAMs and three top-k divisors (instance, context, background)")
     targets = three_branch_targets(video_labels)  # (3, B, C+1)
     out = {}
-    for name, tcam, ratio, target in zip(BRANCHES, tcams, ratios, targets):
-        out[f"loss_{name}"] = video_ce_loss(branch_video_logits(tcam, ratio, mask), target)
+    for name, tcam, divisor, target in zip(BRANCHES, tcams, topk, targets):
+        out[f"loss_{name}"] = video_ce_loss(branch_video_logits(tcam, divisor, mask), target)
     return out
 
 
@@ -108,14 +146,14 @@ def guide_loss(tcam_ins: Tensor, attention: Tensor, mask: Tensor | None = None) 
 def feature_magnitude_loss(
     embeddings: Tensor,
     attention: Tensor,
-    ratios: Sequence[float] = (1 / 8, 1 / 3, 1 / 3),
+    topk: Sequence[int] = (8, 3, 3),
     mask: Tensor | None = None,
     margin: float = 50.0,
 ) -> Tensor:
     """ACM-Net's feature-magnitude loss on the mean embeddings of each branch's top-attended steps.
 
-    Shapes: embeddings (B, T, H); attention (B, T, 3); ratios top-k fractions per branch (the
-    same as the MIL ones in ACM-Net); mask (B, T) -> scalar
+    Shapes: embeddings (B, T, H) (ACM-Net: the embedding before any dropout); attention
+    (B, T, 3); topk the top-k divisors per branch (the MIL ones in ACM-Net); mask (B, T) -> scalar
 
         mean_b ( [m - |f_ins| + |f_con|]_+ + [m - |f_con| + |f_back|]_+ + |f_back| )^2,
 
@@ -123,8 +161,8 @@ def feature_magnitude_loss(
     (50 in ACM-Net's public code).
     """
     norms = []
-    for i, ratio in enumerate(ratios):
-        idx, counts = topk_mil_indices(attention[..., i : i + 1], ratio=ratio, mask=mask, return_counts=True)
+    for i, divisor in enumerate(topk):
+        idx, counts = topk_indices(attention[..., i : i + 1], divisor, mask)  # (B, k, 1)
         idx = idx.expand(-1, -1, embeddings.shape[-1])  # (B, k, H): same steps for every channel
         feat = topk_mil_pool(embeddings, idx, counts)  # (B, H)
         norms.append(feat.norm(dim=-1))  # (B,)
@@ -134,12 +172,13 @@ def feature_magnitude_loss(
 
 
 def sparse_attention_loss(attention: Tensor, mask: Tensor | None = None) -> Tensor:
-    """ACM-Net's sparsity term: ``sum_t (W^ins_t + W^con_t)``, mean over videos.
+    """ACM-Net's sparsity term: ``sum_t W^m_t`` per video and branch, mean over videos and m in (ins, con).
 
-    Shapes: attention (B, T, 3); mask (B, T) -> scalar. Summed over real steps, the scale of
-    ACM-Net's weight 2e-4.
+    Shapes: attention (B, T, 3); mask (B, T) -> scalar ``mean_b (sum_t W^ins_t + sum_t W^con_t) / 2``.
+    Summed over real steps and averaged over the two branches, as ACM-Net's public code takes
+    the mean of the (B, 2) per-branch sums: the scale its weight 2e-4 was set for.
     """
-    fg = attention[..., 0] + attention[..., 1]  # (B, T)
+    fg = attention[..., :2]  # (B, T, 2)
     if mask is not None:
-        fg = fg * mask.to(fg.dtype)
-    return fg.sum(-1).mean()
+        fg = fg * mask.to(fg.dtype).unsqueeze(-1)
+    return fg.sum(1).mean()  # (B, 2) sums -> mean over videos and both branches

@@ -171,6 +171,13 @@ class MemoryBranch(nn.Module):
     ``1 - max_c scores`` (low-score steps) -- pass ``1 - attention`` for CASE. ``classify``
     is the baseline's CAM head (..., H) -> (..., K), shared for Eq. 14.
 
+    Control (``empty_memory_control=True``, not in the paper): the memory is never filled
+    and the aggregated knowledge F' of Eq. 12 is 0, so F_fuse = FFN([0, F]) and the
+    pseudo-TCAM is a second, dropout-free path through the shared head with no cross-video
+    information; L_cont is 0 (no stored positive). Everything else (Eq. 15-16, the host's
+    teacher loss, test-time pseudo-CAM) runs as usual, so the difference between this and
+    the full branch is what the memory itself contributes.
+
     Warm-up (Sec. IV-B2): before ``warmup_epochs`` (set through :meth:`set_epoch`) the branch
     is inactive while training: the memory is neither filled, read nor used for losses, as
     the paper builds it "only after 50 training epochs". In eval mode the branch is active
@@ -207,6 +214,7 @@ class MemoryBranch(nn.Module):
         distributed: bool = True,  # under torchrun, every rank enqueues the regional features of all ranks
         pseudo_weight: float = 1.0,  # gamma of Eq. 17 (Sec. IV-B2)
         contrastive_weight: float = 0.1,  # mu of Eq. 17 (Sec. IV-B2)
+        empty_memory_control: bool = False,  # control, not in the paper: memory never filled, F' = 0
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -237,6 +245,7 @@ class MemoryBranch(nn.Module):
         self.detach_uncertainty_weight = detach_uncertainty_weight
         self.distributed = distributed
         self.pseudo_weight, self.contrastive_weight = pseudo_weight, contrastive_weight
+        self.empty_memory_control = empty_memory_control
         self._epoch = 0
         rows = num_classes + 1
 
@@ -273,7 +282,8 @@ class MemoryBranch(nn.Module):
     def is_active(self) -> bool:
         if self.training:
             return self._epoch >= self.warmup_epochs
-        return self.memory_filled() or bool(self.summary_mask.any())
+        # The control has no knowledge by design, but its fused path is still the branch's output.
+        return self.empty_memory_control or self.memory_filled() or bool(self.summary_mask.any())
 
     def memory_valid(self) -> Tensor:
         """(C+1, q) bool: slots that hold a feature."""
@@ -297,7 +307,10 @@ class MemoryBranch(nn.Module):
         Under torchrun (and ``distributed``) the features of all ranks are gathered first, in
         rank order, so that every rank's memory stays identical. The buffers are replaced,
         not written in place: the old memory may still be needed by this step's backward.
+        A no-op under ``empty_memory_control``.
         """
+        if self.empty_memory_control:
+            return
         features, rows = self._gather(features.detach(), rows)
         memory, count, ptr = momentum_enqueue(
             self.memory, self.memory_count, self.memory_ptr, features, rows, alpha=self.momentum
@@ -419,7 +432,9 @@ class MemoryBranch(nn.Module):
         out["active"] = True
 
         # GKSA: knowledge T_M (Eq. 10-11), aggregation (Eq. 12), fusion (Eq. 13), pseudo-TCAM (Eq. 14).
-        if self.training:
+        if self.empty_memory_control:
+            t_m, valid = self.summary, torch.zeros_like(self.summary_mask)  # no knowledge: F' = 0 below
+        elif self.training:
             t_m, valid = self.knowledge()
         else:
             # Inference reads the stored T_M only, refreshed first when a memory is present, so a
@@ -480,7 +495,7 @@ def _fill_training_state(
     """
     module._summary_fresh = False  # new weights, and maybe a new memory
     mask = state_dict.get(prefix + "summary_mask")
-    if mask is None or not bool(mask.any()):
+    if mask is None or not (bool(mask.any()) or module.empty_memory_control):
         return
     own = module.state_dict()
     for key in module.training_only_keys():
