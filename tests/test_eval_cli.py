@@ -169,7 +169,7 @@ def test_cli_debug_shows_the_exception(tmp_path):
 def test_cli_reads_what_results_io_writes(tmp_path, gt_json):
     """The CLI parses the results JSON itself (no torch on start-up); check it agrees with
     the postprocess writer / reader wherever those exist."""
-    results_io = pytest.importorskip("taltoolkit.postprocess.results_io")
+    from taltoolkit.postprocess import results_io
     from taltoolkit.structures import Detections
 
     classes = gt_json["classes"]
@@ -265,3 +265,73 @@ def test_bench_apl_reports_each_stage_and_nms_runs(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(json.loads(out.read_text())["seconds"]) == 4
+
+
+@pytest.mark.parametrize("where", ["predictions", "ground_truth"])
+def test_cli_refuses_a_duplicated_video(tmp_path, capsys, gt_json, where):
+    """json.loads keeps the last of two equal keys: perfect predictions for a video listed
+    twice would be scored on one copy only (95 instead of 100 was observed)."""
+    video = "video_test_0000004"
+    pred = {"results": {video: [dict(GOOD)]}}
+    pred_text, gt_text = json.dumps(pred), GT.read_text()
+    if where == "predictions":
+        pred_text = pred_text[:-2] + ", " + json.dumps({video: [dict(GOOD, score=0.1)]})[1:-1] + "}}"
+    else:
+        entry = json.dumps(gt_json["database"][video])
+        gt_text = gt_text.replace('"database": {', '"database": {' + f'"{video}": {entry}, ', 1)
+        assert gt_text.count(f'"{video}"') == 2
+    pred_path, gt_path = tmp_path / "p.json", tmp_path / "gt.json"
+    pred_path.write_text(pred_text)
+    gt_path.write_text(gt_text)
+    assert eval_cli.main([str(gt_path), str(pred_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"'{video}' appears twice" in err
+    assert str(pred_path if where == "predictions" else gt_path) in err
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (dict(GOOD, score=True), "score True must be a JSON number"),
+    (dict(GOOD, score="0.5"), "score '0.5' must be a JSON number"),
+    (dict(GOOD, segment=["1.0", "2.0"]), "segment ['1.0', '2.0'] must be [start, end] as JSON numbers"),
+    (dict(GOOD, segment=[True, 2.0]), "must be [start, end] as JSON numbers"),
+])
+def test_cli_refuses_scores_and_segments_that_are_not_numbers(tmp_path, capsys, bad, needle):
+    pred = _write(tmp_path / "p.json", _result(bad))
+    assert eval_cli.main([str(GT), pred]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and pred in err
+
+
+def test_cli_refuses_string_segments_in_the_ground_truth(tmp_path, capsys, gt_json):
+    db = {"video_test_0000004": dict(gt_json["database"]["video_test_0000004"])}
+    db["video_test_0000004"]["annotations"] = [{"label": "CricketBowling", "segment": ["1.0", "2.0"]}]
+    gt = _write(tmp_path / "gt.json", {"classes": gt_json["classes"], "database": db})
+    pred = _write(tmp_path / "p.json", _result(GOOD))
+    assert eval_cli.main([gt, pred]) == 2
+    err = capsys.readouterr().err
+    assert gt in err and "as JSON numbers" in err
+
+
+@pytest.mark.parametrize("which", ["ground_truth", "predictions"])
+def test_cli_out_may_not_replace_an_input(tmp_path, capsys, gt_json, which):
+    gt = _write(tmp_path / "gt.json", gt_json)
+    pred = _write(tmp_path / "p.json", _predictions(gt_json))
+    target = gt if which == "ground_truth" else pred
+    before = Path(target).read_bytes()
+    # Spelled differently from the argument, as a user might.
+    out = str(tmp_path / "." / Path(target).name)
+    assert eval_cli.main([gt, pred, "--out", out, "--quiet"]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert Path(target).read_bytes() == before
+
+
+def test_cli_metrics_file_mode_follows_the_umask(tmp_path, gt_json):
+    pred = _write(tmp_path / "p.json", _predictions(gt_json))
+    for umask in (0o022, 0o027):
+        old = os.umask(umask)
+        try:
+            out = tmp_path / f"m{umask:o}.json"
+            assert eval_cli.main([str(GT), pred, "--out", str(out), "--quiet"]) == 0
+        finally:
+            os.umask(old)
+        assert out.stat().st_mode & 0o777 == 0o666 & ~umask

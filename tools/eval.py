@@ -17,7 +17,6 @@ import gc
 import json
 import os
 import sys
-import tempfile
 from typing import Any
 
 # Running as ``python tools/eval.py`` puts tools/ on sys.path, not the repository root.
@@ -38,10 +37,32 @@ class CliError(Exception):
     """One-line user error: printed as ``eval.py: error: <message>`` with exit status 2."""
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys: a video listed twice would be scored on
+    # its last copy only. dict(pairs) is C code, so the check costs nothing measurable.
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return d
+
+
 def _load_json(path: str, what: str) -> Any:
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            return json.loads(f.read(), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise CliError(f"{path}: key {e.key!r} appears twice in one object (a video listed twice?); JSON readers "
+                       f"keep only the last copy, so remove or merge the duplicate {what} entries") from None
     except FileNotFoundError:
         raise CliError(f"{path}: {what} file not found; check the path") from None
     except IsADirectoryError:
@@ -69,6 +90,51 @@ def _check_shapes(gt: Any, gt_path: str, pred: Any, pred_path: str) -> None:
     if "results" not in pred:
         raise CliError(f"{pred_path}: no 'results' key; expected "
                        "{\"results\": {video: [{\"label\", \"score\", \"segment\"}]}}")
+
+
+def _is_number(x: Any) -> bool:
+    return type(x) in (int, float)  # bool is an int subclass and str a number's spelling: neither is a time or score
+
+
+def _check_types(gt: dict, gt_path: str, pred: dict, pred_path: str) -> None:
+    """Scores and segment times must be JSON numbers: ``true`` or ``"12.5"`` would otherwise be
+    converted silently (numpy reads ``true`` as 1.0 and the string as 12.5)."""
+    results = pred.get("results")
+    if isinstance(results, dict):
+        try:
+            score_types = {type(it["score"]) for items in results.values() for it in items}
+            seg_types = {type(x) for items in results.values() for it in items for x in it["segment"]}
+        except (TypeError, KeyError, AttributeError):
+            score_types = seg_types = set()  # malformed: detection_map names the entry
+        if not score_types <= {int, float} or not seg_types <= {int, float}:
+            for video, items in results.items():
+                for it in items:
+                    if not _is_number(it["score"]):
+                        raise CliError(f"{pred_path}: video {video!r}: score {it['score']!r} must be a JSON number")
+                    if not all(_is_number(x) for x in it["segment"]):
+                        raise CliError(f"{pred_path}: video {video!r}: segment {it['segment']!r} must be "
+                                       "[start, end] as JSON numbers (seconds)")
+    database = gt.get("database")
+    if isinstance(database, dict):
+        for video, entry in database.items():
+            anns = entry.get("annotations", []) if isinstance(entry, dict) else []
+            for a in anns if isinstance(anns, list) else []:
+                seg = a.get("segment") if isinstance(a, dict) else None
+                if isinstance(seg, (list, tuple)) and not all(_is_number(x) for x in seg):
+                    raise CliError(f"{gt_path}: video {video!r}: segment {seg!r} must be [start, end] as JSON "
+                                   "numbers (seconds)")
+
+
+def _check_out(out: str, inputs: dict[str, str]) -> None:
+    """``--out`` must not name an input: the metrics would replace the file just scored."""
+    for what, path in inputs.items():
+        same = os.path.realpath(out) == os.path.realpath(path)
+        try:
+            same = same or os.path.samefile(out, path)
+        except OSError:
+            pass
+        if same:
+            raise CliError(f"--out {out} is the {what} file; the metrics would replace it: choose another --out path")
 
 
 def format_table(res: DetectionResult, per_class: bool = False) -> str:
@@ -101,7 +167,10 @@ def format_table(res: DetectionResult, per_class: bool = False) -> str:
 def _write_json_atomic(path: str, obj: Any) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics-", suffix=".json")
+    # Mode 0666 minus the umask, as open() would give (mkstemp's 0600 would differ from the
+    # other outputs); O_EXCL on a unique name keeps the temporary file private to this call.
+    tmp = os.path.join(folder, f".metrics-{os.getpid()}-{os.urandom(4).hex()}.json")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
@@ -153,9 +222,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.out:
+        _check_out(args.out, {"ground truth": args.ground_truth, "predictions": args.predictions})
     gt = _load_json(args.ground_truth, "ground truth")
     pred = _load_json(args.predictions, "predictions")
     _check_shapes(gt, args.ground_truth, pred, args.predictions)
+    _check_types(gt, args.ground_truth, pred, args.predictions)
     preset = get_preset(args.preset) if args.preset else None
     try:
         res = detection_map(
