@@ -143,3 +143,32 @@ def test_every_method_runs_as_a_seed_sweep(tmp_path, method):
     out = _multirun(tmp_path, f"method={method}", "seed=0,1", *EVERY_METHOD[method])
     rows = _check_summary(tmp_path, out, settings=1, seeds=2)
     assert sorted(rows[0]["seeds"]) == [0, 1]
+
+
+def test_summary_files_are_written_atomically(tmp_path, monkeypatch):
+    """A summary re-written while someone reads it (or a crash mid-write) never leaves a
+    half-written file: the new text goes to a temporary sibling that is renamed over it."""
+    import taltoolkit.engine.sweep as sweep
+
+    for i, avg in enumerate([10.0, 20.0]):
+        job = tmp_path / str(i)
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={i}\n")
+        (job / "metrics.json").write_text(json.dumps({"average_mAP": avg, "mAP": [avg], "tiou_thresholds": [0.5]}))
+    old = os.umask(0o027)
+    try:
+        summarize_runs(tmp_path)
+    finally:
+        os.umask(old)
+    before = {n: (tmp_path / n).read_bytes() for n in ("summary.json", "summary.csv")}
+    assert {(tmp_path / n).stat().st_mode & 0o777 for n in before} == {0o640}
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps({"average_mAP": 30.0, "mAP": [30.0], "tiou_thresholds": [0.5]}))
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(sweep.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        summarize_runs(tmp_path)
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before  # the previous summary, whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
