@@ -294,8 +294,12 @@ def test_variable_length_training_and_test() -> None:
         grid = v.to_steps(v.segments)  # (N, 2) steps of the whole video
         segs = batch["segments"][i].double().numpy() + start  # back to whole-video steps
         assert batch["segments"][i].dtype == torch.float32 and batch["labels"][i].dtype == torch.long
-        for s in segs:  # each kept segment is a clipped original one
-            assert any(np.allclose(s, np.clip(g, start, start + len(it["positions"])), atol=1e-4) for g in grid)
+        # each kept segment is an original one clipped to the crop widened as ActionFormer's
+        # truncate_feats (crop_margin="official"; tests/test_actionformer.py checks the margins)
+        lo = v.offset_s / v.step_s
+        for s in segs:
+            assert any(np.allclose(s, np.clip(g, start - lo, start + len(it["positions"]) + lo + 1), atol=1e-4)
+                       for g in grid)
     assert all(torch.equal(a, b) for a, b in zip(batch["segments"], ds.collate([ds[i] for i in range(6)])["segments"]))
 
     test_ds, collate = make_dataset("variable", vs, training=False, max_seq_len=32, pad_multiple=16)

@@ -256,6 +256,7 @@ def crop_window(
     crop_ratio: tuple[float, float] | None = (0.9, 1.0),
     trunc_thresh: float = 0.5,
     max_trials: int = 200,
+    margin: tuple[float, float] | None = None,
 ) -> tuple[int, int, np.ndarray]:
     """A training window ``[start, end)`` of a length-``t`` video and the segments kept in it.
 
@@ -265,6 +266,11 @@ def crop_window(
     its length inside the window (the last draw is used if none does). A segment is kept
     when that share of it lies in the window, and is clipped to the window. ``segments``
     are ``(N, 2)`` grid coordinates; returns kept indices into them.
+
+    ``margin=(lo, hi)`` follows ActionFormer's ``truncate_feats`` instead: segments are
+    measured against (and the caller clips them to) the widened window ``[start - lo,
+    end + hi]``; a video that is not cut (length ``t``) keeps every segment, unclipped; a
+    zero-length segment is never kept from a cut (its share is 0 / 0 there).
     """
     if t > max_seq_len:
         length = max_seq_len
@@ -276,14 +282,18 @@ def crop_window(
         length = int(rng.integers(lo, hi + 1))
     segs = np.asarray(segments, np.float64).reshape(-1, 2)
     seg_len = segs[:, 1] - segs[:, 0]
+    if margin is not None and length == t:
+        return 0, t, np.arange(len(segs))  # truncate_feats returns an uncut video as it is
+    lo_m, hi_m = (0.0, 0.0) if margin is None else (float(margin[0]), float(margin[1]))
     keep = np.zeros(len(segs), bool)
     start = 0
     for _ in range(max(1, max_trials)):
         start = int(rng.integers(0, t - length + 1))
         end = start + length
-        inter = np.clip(np.minimum(segs[:, 1], end) - np.maximum(segs[:, 0], start), 0.0, None)
-        # A zero-length segment counts as fully inside when its point is in the window.
-        point_in = (segs[:, 0] >= start) & (segs[:, 0] <= end)
+        inter = np.clip(np.minimum(segs[:, 1], end + hi_m) - np.maximum(segs[:, 0], start - lo_m), 0.0, None)
+        # A zero-length segment counts as fully inside when its point is in the window
+        # (with a margin, as the public code, it never counts).
+        point_in = (segs[:, 0] >= start) & (segs[:, 0] <= end) & (margin is None)
         ratio = np.where(seg_len > 0, inter / np.where(seg_len > 0, seg_len, 1.0), point_in.astype(np.float64))
         keep = ratio >= trunc_thresh
         if len(segs) == 0 or keep.any() or t == length:
@@ -313,7 +323,17 @@ def collate_variable(
 
 
 class VariableLengthDataset(_EpochSeededVideos):
-    """ActionFormer-style items: random crops of at most ``max_seq_len`` steps while training."""
+    """ActionFormer-style items: random crops of at most ``max_seq_len`` steps while training.
+
+    ``crop_margin="official"`` crops as ActionFormer's ``truncate_feats`` with its feature
+    offset ``f = snippet_frames / (2 * feature_stride)`` steps: a window starting at step
+    ``s`` is ``[s - f, e + f]`` in its coordinates, where step k sits at k; step k's centre
+    is k + 0.5 here, so that window is ``[s - (f - 0.5), e + (f + 0.5)]`` here, and ``f - 0.5
+    = offset_s / step_s`` (readers.concat_timing): margins ``(offset_s / step_s, offset_s /
+    step_s + 1)`` steps (THUMOS14 I3D: 1.5 and 2.5). ``"none"``: segments are measured
+    against and clipped to the window itself (the earlier rule: targets never extend past
+    the crop's features).
+    """
 
     def __init__(
         self,
@@ -325,9 +345,13 @@ class VariableLengthDataset(_EpochSeededVideos):
         trunc_thresh: float = 0.5,
         max_trials: int = 200,
         pad_multiple: int = 1,
+        crop_margin: str = "official",
     ) -> None:
         if max_seq_len < 1:
             raise ValueError(f"max_seq_len must be >= 1, got {max_seq_len}")
+        if crop_margin not in ("official", "none"):
+            raise ValueError(f"crop_margin={crop_margin!r}; choose official or none")
+        self.crop_margin = crop_margin
         super().__init__(videos, training, seed)
         self.max_seq_len = int(max_seq_len)
         self.crop_ratio = None if crop_ratio is None else (float(crop_ratio[0]), float(crop_ratio[1]))
@@ -342,10 +366,18 @@ class VariableLengthDataset(_EpochSeededVideos):
         labels = np.asarray(v.labels, np.int64)
         if self.training:
             rng = item_rng(self.seed, self.epoch, index)
+            margin = None
+            if self.crop_margin == "official":
+                lo = float(v.offset_s) / float(v.step_s)
+                margin = (lo, lo + 1.0)
             start, end, kept = crop_window(
-                t, grid, self.max_seq_len, rng, self.crop_ratio, self.trunc_thresh, self.max_trials
+                t, grid, self.max_seq_len, rng, self.crop_ratio, self.trunc_thresh, self.max_trials, margin
             )
-            segs = np.clip(grid[kept], start, end) - start
+            if margin is not None and end - start == t:
+                segs = grid[kept] - start  # an uncut video keeps its segments as they are (start is 0)
+            else:
+                m_lo, m_hi = margin if margin is not None else (0.0, 0.0)
+                segs = np.clip(grid[kept], start - m_lo, end + m_hi) - start
             labels = labels[kept]
         else:
             start, end, segs = 0, t, grid  # evaluation uses seconds; grid units unclipped
