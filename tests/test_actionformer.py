@@ -14,8 +14,15 @@ from taltoolkit.losses.detection import (
     quality_focal_loss,
     sigmoid_focal_loss,
 )
+import numpy as np
+import torch.nn.functional as F
+
+from taltoolkit.data.sampling import VariableLengthDataset, crop_window
+from taltoolkit.engine.method import Stage
+from taltoolkit.engine.trainer import Trainer
 from taltoolkit.methods.actionformer import ActionFormerMethod
-from taltoolkit.models.actionformer import ActionFormer, local_attention
+from taltoolkit.models.actionformer import ActionFormer, TransformerBlock, local_attention, sinusoid_encoding
+from taltoolkit.structures import Video
 
 RANGES = [(0.0, 2.0), (2.0, 4.0), (4.0, 1000.0)]
 
@@ -187,19 +194,130 @@ def _tiny_model(**kw):
     return ActionFormer(16, 3, **base)
 
 
+def _perturb(model):
+    """Every parameter away from its initial value (LayerNorm biases, which padded steps carry
+    into the network, included)."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def _same_real_outputs(a, b, keys=("cls_logits", "offsets")):
+    for key in keys:
+        for lvl, (x, y) in enumerate(zip(a[key], b[key])):
+            n = int(a["masks"][lvl].sum())
+            assert n == int(b["masks"][lvl].sum())
+            if not torch.allclose(x[0, :n], y[0, :n], atol=1e-5):
+                return False
+    return True
+
+
 @pytest.mark.parametrize("neck", ["identity", "fpn"])
-def test_padding_does_not_change_outputs(neck):
-    m = _tiny_model(neck=neck, use_abs_pe=True, quality_heads=True).eval()
+def test_padding_content_and_extra_padding_do_not_change_outputs(neck):
+    """Garbage in padded steps never reaches real ones, and padding beyond the public rule
+    (every level with a padded step) changes nothing either, with trained-looking weights."""
+    m = _perturb(_tiny_model(neck=neck, use_abs_pe=True, quality_heads=True, max_seq_len=64)).eval()
     x = torch.randn(1, 37, 16)
-    short = m(x, torch.ones(1, 37, dtype=torch.bool))
-    padded_x = torch.cat([x, torch.randn(1, 27, 16) * 5], 1)  # garbage in the padding
-    mask = torch.zeros(1, 64, dtype=torch.bool)
+    short = m(x, torch.ones(1, 37, dtype=torch.bool))  # padded to 48 by the model (public: 64)
+    assert short["cls_logits"][0].shape[1] == 48
+    padded_x = torch.cat([x, torch.randn(1, 91, 16) * 5], 1)  # garbage in the padding
+    mask = torch.zeros(1, 128, dtype=torch.bool)
     mask[0, :37] = True
     long = m(padded_x, mask)
-    for key in ("cls_logits", "offsets", "tiou_logits", "tnd_logits"):
-        for lvl, (a, b) in enumerate(zip(short[key], long[key])):
-            n = int(short["masks"][lvl].sum())
-            assert torch.allclose(a[0, :n], b[0, :n], atol=1e-5), (key, lvl)
+    assert _same_real_outputs(short, long, ("cls_logits", "offsets", "tiou_logits", "tnd_logits"))
+
+
+def test_padded_length_follows_the_public_padding():
+    """The public code pads to max_seq_len (longer inputs to a multiple of its unit, here
+    8 x (5 // 2) x 2 = 32); the model adds one block of 2^(levels-1) = 8 steps exactly when
+    that would give every level a padded step, which gives the same outputs."""
+    m = _tiny_model(max_seq_len=64)
+    assert m.divisor == 8 and m.max_div_factor == 32
+    assert [m.padded_length(t) for t in (37, 40, 56, 57, 64, 65, 96, 100)] == [48, 48, 64, 64, 64, 80, 96, 112]
+    assert _tiny_model().padded_length(40) == 40  # max_seq_len=None: the next multiple only
+    m = _perturb(m).eval()
+    for t in (40, 56, 65):  # outputs equal those of the public length (64, 64, 96)
+        public = 64 if t <= 64 else 96
+        x = torch.randn(1, t, 16)
+        mask = torch.zeros(1, public, dtype=torch.bool)
+        mask[0, :t] = True
+        assert _same_real_outputs(m(x, torch.ones(1, t, dtype=torch.bool)), m(F.pad(x, (0, 0, 0, public - t)), mask))
+    # without the extra block, the last real step of a length-40 input reads no padded step
+    x = torch.randn(1, 40, 16)
+    mask = torch.zeros(1, 64, dtype=torch.bool)
+    mask[0, :40] = True
+    m.max_seq_len = None
+    assert not _same_real_outputs(m(x, torch.ones(1, 40, dtype=torch.bool)), m(F.pad(x, (0, 0, 0, 24)), mask))
+
+
+def test_blocks_scale_both_branches_by_a_per_channel_factor_from_1e_4():
+    """ActionFormer's AffineDropPath: out = pool(x) + s1 * attn(LN(x)), then + s2 * mlp(LN(out)),
+    s1, s2 per channel, initialised to 1e-4 whenever drop path is on."""
+    torch.manual_seed(0)
+    blk = TransformerBlock(8, 2, 5, stride=2, drop_path=0.1).eval()
+    assert blk.scale_attn.scale.shape == (8,) and torch.all(blk.scale_attn.scale == 1e-4)
+    assert torch.all(blk.scale_mlp.scale == 1e-4)
+    with torch.no_grad():
+        blk.scale_attn.scale.copy_(torch.linspace(-1, 1, 8))
+        blk.scale_mlp.scale.copy_(torch.linspace(2, 3, 8))
+        for mod in blk.modules():  # non-trivial norms
+            if isinstance(mod, torch.nn.LayerNorm):
+                mod.bias.normal_()
+    x, mask = torch.randn(1, 8, 12), torch.ones(1, 12, dtype=torch.bool)
+    got, _ = blk(x, mask)
+    attn, _ = blk.attn(blk.ln1(x), mask)
+    out = blk.skip(x) + torch.linspace(-1, 1, 8)[None, :, None] * attn
+    want = out + torch.linspace(2, 3, 8)[None, :, None] * blk.mlp(blk.ln2(out))
+    assert torch.allclose(got, want, atol=1e-6)
+    # the public code has the scales exactly when drop path is on; layer_scale_init=None: none
+    assert TransformerBlock(8, 2, 5, drop_path=0.0).scale_attn is None
+    assert TransformerBlock(8, 2, 5, drop_path=0.1, layer_scale_init=None).scale_mlp is None
+    m = _tiny_model()
+    assert all(b.scale_attn is not None for b in [*m.stem, *m.branch])
+
+
+def test_absolute_position_encoding_is_scaled_by_one_over_sqrt_channels():
+    """ActivityNet's absolute encoding is added after the projection, divided by sqrt(C)."""
+    on = _tiny_model(use_abs_pe=True).eval()
+    off = _tiny_model(use_abs_pe=False).eval()
+    seen = {}
+    for name, model in (("on", on), ("off", off)):
+        model.stem[0].register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0]))
+    x, mask = torch.randn(1, 40, 16), torch.zeros(1, 40, dtype=torch.bool)
+    mask[0, :30] = True
+    on(x, mask), off(x, mask)
+    want = sinusoid_encoding(40, 32, torch.device("cpu")) / math.sqrt(32) * mask[:, None]
+    assert torch.allclose(seen["on"] - seen["off"], want, atol=1e-6)
+    # the standard table: sin at even channels, cos at odd ones, frequency 10000^(-2i/C)
+    pe = sinusoid_encoding(40, 32, torch.device("cpu"))
+    assert float(pe[2, 7]) == pytest.approx(math.sin(7 / 10000 ** (2 / 32)), abs=1e-6)
+    assert float(pe[3, 7]) == pytest.approx(math.cos(7 / 10000 ** (2 / 32)), abs=1e-6)
+
+
+def test_weight_decay_split_exempts_norms_biases_and_scales():
+    model = _tiny_model(neck="fpn", quality_heads=True)
+    m = ActionFormerMethod(model, ema_decay=0.5)
+    names = {id(p): n for n, p in m.named_parameters()}
+    exempt = {names[id(p)] for p in m.no_weight_decay_parameters()}
+    for n, p in m.model.named_parameters():
+        module = m.model.get_submodule(n.rsplit(".", 1)[0]) if "." in n else m.model
+        is_norm = isinstance(module, torch.nn.LayerNorm)
+        want = n.endswith("bias") or (is_norm and n.endswith("weight")) or n.endswith(".scale") or n == "scales"
+        assert (f"model.{n}" in exempt) == want, n
+    assert any(n.endswith("scale_attn.scale") for n in exempt)
+    # the trainer puts them in a group without decay
+    trainer = Trainer(optimizer="adamw", weight_decay=0.05, device="cpu", progress=False)
+    params = [p for p in m.parameters() if p.requires_grad]
+    opt = trainer.build_optimizer(params, Stage(), m.no_weight_decay_parameters())
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    assert {id(p) for p in opt.param_groups[1]["params"]} == {id(p) for p in m.no_weight_decay_parameters()}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)
+    # weight_decay_split=False: one group, every parameter decayed (the earlier rule)
+    old = ActionFormerMethod(_tiny_model(), ema_decay=0.0, weight_decay_split=False)
+    assert old.no_weight_decay_parameters() == []
+    assert len(trainer.build_optimizer(list(old.parameters()), Stage(), []).param_groups) == 1
 
 
 def test_local_attention_equals_banded_full_attention():
@@ -238,10 +356,12 @@ def test_decode_turns_points_into_segments():
         "offsets": [torch.tensor([[[1.0, 2.0], [0.5, 0.5], [0.0, 0.0], [9.0, 9.0]]]),
                     torch.tensor([[[1.0, 1.0], [0.25, 0.5]]])],
     }
-    scores = [torch.tensor([[[0.9, 0.0], [0.0, 0.5], [0.0001, 0.0], [1.0, 1.0]]]),  # last step padded
+    scores = [torch.tensor([[[0.9, 0.0], [0.0, 0.5], [0.2, 0.0005], [1.0, 1.0]]]),  # last step padded
               torch.tensor([[[0.0, 0.0], [0.3, 0.0]]])]
     (res,) = m.decode(out, scores)
-    # level 0: (x=0.5, class 0, [-0.5, 2.5]) and (x=1.5, class 1, [1.0, 2.0]); level 1: x=2.5 stride 2
+    # top 2 per level (0.2 is level 0's third; 0.0005 is under pre_nms_thresh): level 0 gives
+    # (x=0.5, class 0, [-0.5, 2.5]) and (x=1.5, class 1, [1.0, 2.0]); level 1 x=2.5 stride 2
+    # (a top 2 over both levels would keep only 0.9 and 0.5; no top-k would add the 0.2)
     assert res["labels"].tolist() == [0, 1, 0]
     assert torch.allclose(res["scores"], torch.tensor([0.9, 0.5, 0.3]))
     assert torch.allclose(res["segments"], torch.tensor([[-0.5, 2.5], [1.0, 2.0], [2.0, 3.5]]))
@@ -269,3 +389,92 @@ def test_training_step_losses_and_normaliser():
     m.on_train_step_end()
     after = list(m.ema.parameters())
     assert all(torch.allclose(a, b + 0.5, atol=1e-6) for a, b in zip(after, before))
+
+
+def test_auto_loss_weight_balances_as_the_public_code():
+    """loss_weight <= 0: L = L_cls + (L_cls / max(L_reg, 0.01)) L_reg, the ratio without gradient."""
+    model = _tiny_model()
+    batch = {
+        "features": torch.randn(1, 32, 16), "mask": torch.ones(1, 32, dtype=torch.bool),
+        "segments": [torch.tensor([[3.0, 9.0]])], "labels": [torch.tensor([1])],
+    }
+    out = ActionFormerMethod(model, ema_decay=0.0, loss_weight=-1.0).training_step(batch)
+    cls, reg = float(out["cls_loss"].detach()), float(out["reg_loss"].detach())
+    assert float(out["loss"].detach()) == pytest.approx(cls + cls / max(reg, 0.01) * reg, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- crops
+
+# THUMOS14 I3D timing: 16-frame windows every 4 frames at 30 fps; ActionFormer's feature offset
+# is 0.5 * 16 / 4 = 2 steps.
+FPS, STRIDE, FRAMES = 30.0, 4, 16
+STEP_S, OFFSET_S = STRIDE / FPS, (FRAMES / 2 - STRIDE / 2) / FPS
+
+
+def _video(t: int, grid_segments: list[list[float]]) -> Video:
+    segs = np.asarray(grid_segments, np.float64)
+    return Video("v", np.zeros((t, 2), np.float32), OFFSET_S + t * STEP_S, FPS, STEP_S, OFFSET_S, "train",
+                 OFFSET_S + segs * STEP_S, np.arange(len(segs)) % 3, np.ones(3, np.float32))
+
+
+def _truncate_transcription(grid: np.ndarray, st: int, length: int, f: float, thresh: float = 0.5):
+    """ActionFormer's truncate_feats for a given window start, in its coordinates, where step k
+    sits at k (the library's k + 0.5): segments against [st - f, st + length + f]."""
+    seg = grid - 0.5
+    left = np.maximum(st - f, seg[:, 0])
+    right = np.minimum(st + length + f, seg[:, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.clip(right - left, 0.0, None) / np.abs(seg[:, 1] - seg[:, 0])  # 0 / 0 = nan: dropped
+    keep = ratio >= thresh
+    return np.stack([left[keep], right[keep]], 1) - st + 0.5, np.nonzero(keep)[0]
+
+
+def test_crops_widen_the_window_by_the_feature_offset_as_truncate_feats():
+    f = 0.5 * FRAMES / STRIDE  # 2 steps
+    grid = [[1.0, 5.0], [18.0, 24.0], [30.0, 41.0], [55.0, 62.0], [70.0, 70.0], [77.5, 86.0], [90.0, 99.5]]
+    v = _video(100, grid)
+    ds = VariableLengthDataset([v], max_seq_len=40, training=True, crop_ratio=(0.9, 1.0), seed=0)
+    beyond = 0
+    for epoch in range(40):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        st, length = int(item["positions"][0]), len(item["positions"])
+        assert length == 40
+        want, kept = _truncate_transcription(v.to_steps(v.segments), st, length, f)
+        np.testing.assert_allclose(item["segments"], want, atol=1e-4)
+        assert item["labels"].tolist() == v.labels[kept].tolist()
+        beyond += int(((item["segments"] < 0) | (item["segments"] > length)).any())
+    assert beyond > 5  # the margin matters in these crops
+    # library grid margins: offset_s / step_s = f - 0.5 before, f + 0.5 after
+    assert OFFSET_S / STEP_S == pytest.approx(f - 0.5)
+
+
+def test_uncut_videos_keep_every_segment_unclipped():
+    """truncate_feats returns a video it does not cut as it is (even an instance running past
+    the features); a cut never keeps a zero-length instance."""
+    v = _video(30, [[-1.0, 4.0], [10.0, 10.0], [25.0, 33.0]])
+    ds = VariableLengthDataset([v], max_seq_len=40, training=True, crop_ratio=(1.0, 1.0), seed=0)
+    item = ds[0]
+    np.testing.assert_allclose(item["segments"], v.to_steps(v.segments), atol=1e-5)
+    assert item["labels"].tolist() == [0, 1, 2]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        st, ed, kept = crop_window(30, v.to_steps(v.segments), 20, rng, margin=(1.5, 2.5))
+        assert ed - st == 20 and 1 not in kept.tolist()
+    # margin=None: the earlier rule (the window itself; a zero-length instance inside counts)
+    st, ed, kept = crop_window(30, np.array([[10.0, 10.0]]), 30, rng, crop_ratio=None)
+    assert (st, ed) == (0, 30) and kept.tolist() == [0]
+
+
+def test_heads_read_the_neck_norm_bias_at_padded_steps():
+    """The public necks do not re-mask after their LayerNorm: the heads' first convolution
+    reads the norm's bias one step past the last real step."""
+    m = _tiny_model(max_seq_len=64).eval()
+    with torch.no_grad():
+        for norm in m.neck_norm:
+            norm.bias.fill_(0.5)
+    seen = []
+    m.cls_head.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    out = m(torch.randn(1, 37, 16), torch.ones(1, 37, dtype=torch.bool))
+    assert torch.allclose(seen[0][0, :, 37:], torch.full_like(seen[0][0, :, 37:], 0.5))
+    assert out["features"][0][0, 37:].abs().sum() == 0  # the returned features stay masked

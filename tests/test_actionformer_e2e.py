@@ -66,8 +66,10 @@ def test_actionformer_on_thumos14_config_in_the_concat_layout(compose, tmp_path)
 
 
 @pytest.mark.parametrize("dataset,expect", [
-    ("thumos14", {"max_seq_len": 2304, "window": 19, "lr": 1e-4, "epochs": 35, "smoothing": 0.0}),
-    ("activitynet13", {"max_seq_len": 192, "window": [7, 7, 7, 7, 7, -1], "lr": 1e-3, "epochs": 15, "smoothing": 0.1}),
+    ("thumos14", {"max_seq_len": 2304, "window": 19, "lr": 1e-4, "epochs": 35, "smoothing": 0.0, "batch": 2,
+                  "loss_norm": 100.0}),
+    ("activitynet13", {"max_seq_len": 192, "window": [7, 7, 7, 7, 7, -1], "lr": 1e-3, "epochs": 15, "smoothing": 0.1,
+                       "batch": 16, "loss_norm": 200.0}),
 ])
 def test_paper_settings_per_dataset(compose, dataset, expect):
     cfg = compose(["method=actionformer", f"dataset={dataset}"])
@@ -77,6 +79,21 @@ def test_paper_settings_per_dataset(compose, dataset, expect):
     assert cfg.trainer.warmup_epochs == 5 and cfg.trainer.weight_decay == 0.05
     assert cfg.method.label_smoothing == expect["smoothing"]
     assert cfg.postprocess._target_.endswith("segment_postprocess")
+    # the public train_cfg: dropout 0, drop path 0.1 (with AffineDropPath's 1e-4 scales)
+    assert cfg.model.dropout == 0.0 and cfg.model.drop_path == 0.1 and cfg.model.layer_scale_init == 1e-4
+    assert cfg.model.max_seq_len == expect["max_seq_len"]  # the network pads as the public code
+    assert cfg.model.use_abs_pe == (dataset == "activitynet13")
+    # test_cfg.pre_nms_topk per level in decode, no second top-k across levels before NMS
+    assert cfg.method.pre_nms_topk == 2000 and cfg.postprocess.pre_nms_topk is None
+    assert cfg.method.weight_decay_split  # make_optimizer's decay / no-decay groups
+    assert cfg.trainer.batch_size == expect["batch"] and cfg.trainer.grad_clip == 1.0
+    assert cfg.method.ema_decay == 0.999 and cfg.method.init_loss_norm == expect["loss_norm"]
+
+
+def test_apl_candidates_follow_actionformer(compose):
+    cfg = compose(["method=apl"])
+    assert cfg.method.pre_nms_topk == 2000 and cfg.postprocess.pre_nms_topk is None
+    assert cfg.model.layer_scale_init == 1e-4 and cfg.model.dropout == 0.0
 
 
 @pytest.mark.parametrize("method", ["actionformer", "apl"])

@@ -18,7 +18,7 @@ from torch import Tensor
 from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.losses.detection import assign_targets, diou_loss, sigmoid_focal_loss
-from taltoolkit.models.actionformer import ActionFormer
+from taltoolkit.models.actionformer import ActionFormer, no_weight_decay_parameters
 from taltoolkit.registry import register
 
 
@@ -34,7 +34,9 @@ class ActionFormerMethod(Method):
         self,
         model: ActionFormer,
         center_radius: float = 1.5,  # train_cfg.center_sample_radius (paper Sec. 3.3, config)
-        loss_weight: float = 1.0,  # train_cfg.loss_weight: L = L_cls + loss_weight * L_reg (paper Eq. 3, lambda_reg = 1)
+        # train_cfg.loss_weight: L = L_cls + loss_weight * L_reg (paper Eq. 3, lambda_reg = 1); <= 0 balances
+        # automatically as the code does: loss_weight = L_cls / max(L_reg, 0.01), without gradient.
+        loss_weight: float = 1.0,
         focal_alpha: float = 0.25,  # sigmoid focal loss (RetinaNet defaults, as the code)
         focal_gamma: float = 2.0,
         label_smoothing: float = 0.0,  # train_cfg.label_smoothing (THUMOS 0; ActivityNet 0.1)
@@ -43,6 +45,10 @@ class ActionFormerMethod(Method):
         ema_decay: float = 0.999,  # the code evaluates an EMA of the weights; 0 disables it
         pre_nms_thresh: float = 0.001,  # test_cfg.pre_nms_thresh, applied per level as the code
         pre_nms_topk: int = 2000,  # test_cfg.pre_nms_topk (THUMOS config), per level as the code
+        # As the code's make_optimizer: no weight decay on biases, norm weights and the learnable
+        # scales. False decays every parameter (this library's rule before, kept to reproduce
+        # runs made with it).
+        weight_decay_split: bool = True,
     ) -> None:
         super().__init__()
         if model is None:
@@ -60,6 +66,7 @@ class ActionFormerMethod(Method):
         self.loss_norm_momentum = loss_norm_momentum
         self.ema_decay = ema_decay
         self.pre_nms_thresh, self.pre_nms_topk = pre_nms_thresh, int(pre_nms_topk)
+        self.weight_decay_split = bool(weight_decay_split)
         # Running count of positives (a buffer, so a resumed run continues the same EMA).
         self.register_buffer("loss_norm", torch.tensor(float(init_loss_norm)))
         self.ema: ActionFormer | None = None
@@ -68,6 +75,12 @@ class ActionFormerMethod(Method):
             for p in self.ema.parameters():
                 p.requires_grad_(False)
         self._last: dict[str, float] = {}
+
+    def no_weight_decay_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the trainer puts in a group without weight decay (empty: decay all)."""
+        if not self.weight_decay_split:
+            return []
+        return [p for p in no_weight_decay_parameters(self) if p.requires_grad]  # not the EMA copy
 
     # ------------------------------------------------------------------ targets
     @staticmethod
@@ -127,7 +140,10 @@ class ActionFormerMethod(Method):
         else:
             reg_loss = offsets.sum() * 0.0  # keeps the graph (DDP) when a crop has no positive
         self._last = {"num_pos": float(num_pos)}
-        return {"loss": cls_loss + self.loss_weight * reg_loss, "cls_loss": cls_loss, "reg_loss": reg_loss}
+        weight = self.loss_weight
+        if weight <= 0:  # the code's automatic balance (its loss_weight = -1)
+            weight = cls_loss.detach() / max(float(reg_loss.detach()), 0.01)
+        return {"loss": cls_loss + weight * reg_loss, "cls_loss": cls_loss, "reg_loss": reg_loss}
 
     def on_train_step_end(self) -> None:
         if self.ema is None:

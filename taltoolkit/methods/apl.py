@@ -153,8 +153,9 @@ class APL(ActionFormerMethod):
             raise ValueError(f"method.labelled_fraction={labelled_fraction} must be in (0, 1]")
         self.labelled_fraction = labelled_fraction
         self.supervised_epochs, self.semi_epochs, self.rounds = supervised_epochs, semi_epochs, rounds
+        # pre_nms_topk already applied per level in decode (ActionFormer has no global top-k)
         self.nms_options = {"iou_threshold": pseudo_iou_threshold, "sigma": pseudo_sigma, "min_score": pseudo_min_score,
-                            "max_seg_num": pseudo_max_seg_num, "pre_nms_topk": pre_nms_topk, "nms_method": "soft",
+                            "max_seg_num": pseudo_max_seg_num, "pre_nms_topk": None, "nms_method": "soft",
                             "multiclass": True, "voting_thresh": 0.0}
         self.icd = ConsistencyDiscriminator(model.in_dim, icd_hidden) if use_icd else None
         self._phase = "supervised"

@@ -68,15 +68,37 @@ def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
     return x * keep / (1 - p)
 
 
+class LayerScaleDropPath(nn.Module):
+    """A residual branch's per-channel learnable scale, then stochastic depth.
+
+    ActionFormer's public code wraps both branches of every transformer block this way
+    whenever drop path is on (the LayerScale of CaiT, Touvron et al. 2021): the scale starts
+    at ``init`` (1e-4), so each block starts close to the identity and the branches grow
+    during training.
+    """
+
+    def __init__(self, dim: int, p: float, init: float) -> None:
+        super().__init__()
+        self.p = float(p)
+        self.scale = nn.Parameter(torch.full((dim,), float(init)))  # (C,)
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, C, T)
+        return drop_path(x * self.scale[None, :, None], self.p, self.training)
+
+
 def sinusoid_encoding(t: int, dim: int, device: torch.device) -> Tensor:
-    """(dim, t) fixed sinusoidal position encoding (Vaswani et al.)."""
-    pos = torch.arange(t, device=device, dtype=torch.float32)[None]  # (1, t)
-    i = torch.arange(0, dim, 2, device=device, dtype=torch.float32)[:, None]  # (dim/2, 1)
+    """(dim, t) fixed sinusoidal position encoding (Vaswani et al.), float32.
+
+    Computed in float64 and rounded once to float32, as the public code stores its table
+    (angles of positions in the thousands lose digits when computed in float32).
+    """
+    pos = torch.arange(t, device=device, dtype=torch.float64)[None]  # (1, t)
+    i = torch.arange(0, dim, 2, device=device, dtype=torch.float64)[:, None]  # (dim/2, 1)
     ang = pos / torch.pow(10000.0, i / dim)
-    pe = torch.zeros(dim, t, device=device)
+    pe = torch.zeros(dim, t, device=device, dtype=torch.float64)
     pe[0::2] = torch.sin(ang)
     pe[1::2] = torch.cos(ang[: dim // 2])
-    return pe
+    return pe.float()
 
 
 def local_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, window: int) -> Tensor:
@@ -136,10 +158,15 @@ class LocalMaskedMHA(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN block: x + MHA(LN(x)), then + MLP(LN(.)); downsampling when ``stride > 1``."""
+    """Pre-LN block: x + MHA(LN(x)), then + MLP(LN(.)); downsampling when ``stride > 1``.
+
+    With ``drop_path > 0`` and ``layer_scale_init`` set, both branches go through a
+    :class:`LayerScaleDropPath` (ActionFormer's code: the scale exists exactly when drop path
+    is on); otherwise they are plain (drop path only), at full strength from the start.
+    """
 
     def __init__(self, dim: int, heads: int, window: int, stride: int = 1, dropout: float = 0.0,
-                 drop_path: float = 0.0, mlp_ratio: int = 4) -> None:
+                 drop_path: float = 0.0, mlp_ratio: int = 4, layer_scale_init: float | None = 1e-4) -> None:
         super().__init__()
         self.ln1, self.ln2 = ChannelNorm(dim), ChannelNorm(dim)
         self.attn = LocalMaskedMHA(dim, heads, window, stride, dropout)
@@ -148,12 +175,20 @@ class TransformerBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Conv1d(dim, mlp_ratio * dim, 1), nn.GELU(), nn.Dropout(dropout),
                                  nn.Conv1d(mlp_ratio * dim, dim, 1), nn.Dropout(dropout))
         self.drop_path = drop_path
+        self.scale_attn: LayerScaleDropPath | None = None
+        self.scale_mlp: LayerScaleDropPath | None = None
+        if drop_path > 0 and layer_scale_init is not None:
+            self.scale_attn = LayerScaleDropPath(dim, drop_path, layer_scale_init)
+            self.scale_mlp = LayerScaleDropPath(dim, drop_path, layer_scale_init)
+
+    def _branch(self, x: Tensor, scale: LayerScaleDropPath | None) -> Tensor:
+        return scale(x) if scale is not None else drop_path(x, self.drop_path, self.training)
 
     def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         out, m = self.attn(self.ln1(x), mask)
         mf = m[:, None].to(x.dtype)
-        out = self.skip(x) * mf + drop_path(out, self.drop_path, self.training)
-        out = out + drop_path(self.mlp(self.ln2(out)) * mf, self.drop_path, self.training)
+        out = self.skip(x) * mf + self._branch(out, self.scale_attn)
+        out = out + self._branch(self.mlp(self.ln2(out)) * mf, self.scale_mlp)
         return out, m
 
 
@@ -175,6 +210,28 @@ class Head(nn.Module):
             x, _ = conv(x, mask)
             x = F.relu(norm(x))
         return [f(x, mask)[0] for f in self.finals]
+
+
+# Norm layers whose weights (per-channel gains) are exempt from weight decay.
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def no_weight_decay_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters ActionFormer's public ``make_optimizer`` trains without weight decay.
+
+    Biases, the weights of norm layers and the learnable scales (the per-level regression
+    scales and the :class:`LayerScaleDropPath` scales); every other parameter (convolution
+    and linear weights) is decayed. Applied to a whole method, the same rule covers modules
+    a method adds around the detector (APL's ICD).
+    """
+    out: dict[int, nn.Parameter] = {}
+    for mod in module.modules():
+        for name, p in mod.named_parameters(recurse=False):
+            if (name == "bias" or (isinstance(mod, _NORMS) and name == "weight")
+                    or (isinstance(mod, LayerScaleDropPath) and name == "scale")
+                    or (isinstance(mod, ActionFormer) and name == "scales")):
+                out[id(p)] = p
+    return list(out.values())
 
 
 @register("backbone", "actionformer")
@@ -199,11 +256,13 @@ class ActionFormer(nn.Module):
         head_kernel: int = 3,
         with_ln: bool = True,
         use_abs_pe: bool = False,
-        dropout: float = 0.1,
+        dropout: float = 0.0,
         drop_path: float = 0.1,
+        layer_scale_init: float | None = 1e-4,
         cls_prior_prob: float = 0.01,
         regression_ranges: Sequence[Sequence[float]] = DEFAULT_REGRESSION_RANGES,
         quality_heads: bool = False,
+        max_seq_len: int | None = None,
     ) -> None:
         super().__init__()
         if neck not in ("identity", "fpn"):
@@ -227,22 +286,30 @@ class ActionFormer(nn.Module):
         self.use_abs_pe = use_abs_pe
         self.embed_dim = embed_dim
         self.quality_heads = quality_heads
+        self.windows = windows
+        self.max_seq_len = None if max_seq_len is None else int(max_seq_len)
 
         self.embed = nn.ModuleList(
             MaskedConv1d(in_dim if i == 0 else embed_dim, embed_dim, 3, bias=not with_ln) for i in range(embed_layers)
         )
         self.embed_norm = nn.ModuleList(ChannelNorm(embed_dim) if with_ln else nn.Identity() for _ in range(embed_layers))
         self.stem = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, windows[0], 1, dropout, drop_path) for _ in range(stem_layers)
+            TransformerBlock(embed_dim, num_heads, windows[0], 1, dropout, drop_path, layer_scale_init=layer_scale_init)
+            for _ in range(stem_layers)
         )
         self.branch = nn.ModuleList(
-            TransformerBlock(embed_dim, num_heads, windows[i + 1], self.scale_factor, dropout, drop_path)
+            TransformerBlock(embed_dim, num_heads, windows[i + 1], self.scale_factor, dropout, drop_path,
+                             layer_scale_init=layer_scale_init)
             for i in range(branch_layers)
         )
         self.neck_type = neck
         if neck == "fpn":
-            self.lateral = nn.ModuleList(nn.Conv1d(embed_dim, fpn_dim, 1) for _ in range(self.num_levels))
-            self.fpn_out = nn.ModuleList(MaskedConv1d(fpn_dim, fpn_dim, 3, bias=not with_ln) for _ in range(self.num_levels))
+            # As the public FPN1D: 1x1 laterals and depthwise 3-tap output convolutions, without
+            # bias when a LayerNorm follows.
+            self.lateral = nn.ModuleList(MaskedConv1d(embed_dim, fpn_dim, 1, bias=not with_ln)
+                                         for _ in range(self.num_levels))
+            self.fpn_out = nn.ModuleList(MaskedConv1d(fpn_dim, fpn_dim, 3, groups=fpn_dim, bias=not with_ln)
+                                         for _ in range(self.num_levels))
         self.neck_norm = nn.ModuleList(ChannelNorm(fpn_dim) if with_ln else nn.Identity() for _ in range(self.num_levels))
         self.cls_head = Head(fpn_dim, head_dim, head_layers, head_kernel, [num_classes], with_ln)
         reg_outs = [2, 1, 1] if quality_heads else [2]
@@ -259,6 +326,40 @@ class ActionFormer(nn.Module):
         """Sequences are padded to a multiple of this so every level's steps align."""
         return self.scale_factor ** (self.num_levels - 1)
 
+    @property
+    def max_div_factor(self) -> int:
+        """The public code's padding unit for inputs longer than ``max_seq_len``: per level,
+        stride x (window // 2) x 2 (its chunked local attention needs it), the stride for a
+        global level; the largest over levels."""
+        out = 1
+        for lvl, w in enumerate(self.windows):
+            s = self.scale_factor**lvl
+            out = max(out, s * (w // 2) * 2 if w > 1 else s)
+        return out
+
+    def padded_length(self, t: int) -> int:
+        """Length the network runs a (B, t) input at.
+
+        Padded steps are not zero inside the network: a LayerNorm turns a masked (zero) step
+        into its bias, and the 3-tap convolutions and the max-pooled skip of the last real
+        step of each level read one step beyond it. So that step's output depends on whether
+        the level has a padded step at all (not on how many). The public code pads every input
+        to ``max_seq_len`` (a longer one to a multiple of :attr:`max_div_factor`); with
+        ``max_seq_len`` set, the input is padded so that every level has a padded step exactly
+        when that length would give it one (then the outputs are the same), at most one more
+        block of :attr:`divisor` steps instead of the whole public length. With
+        ``max_seq_len=None``: the next multiple of :attr:`divisor` only.
+        """
+        d = self.divisor
+        base = -(-t // d) * d
+        if self.max_seq_len is None:
+            return base
+        m = self.max_div_factor
+        public = self.max_seq_len if t <= self.max_seq_len else -(-t // m) * m
+        # public > base: the public length is a multiple of d (max_seq_len is divisible by
+        # max_div_factor, itself a multiple of d), so it gives every level a padded step.
+        return base + d if public > base else base
+
     def forward(self, features: Tensor, mask: Tensor) -> dict[str, Any]:
         """features (B, T, D), mask (B, T) bool -> per-level outputs (lists over levels).
 
@@ -271,7 +372,7 @@ class ActionFormer(nn.Module):
             raise ValueError(f"features must be (B, T, {self.in_dim}), got {tuple(features.shape)}; "
                              "check dataset.feature_dim")
         t = features.shape[1]
-        pad = (-t) % self.divisor
+        pad = self.padded_length(t) - t
         mask = mask.bool()
         if pad:
             features = F.pad(features, (0, 0, 0, pad))
@@ -282,7 +383,10 @@ class ActionFormer(nn.Module):
             x, m = conv(x, m)
             x = F.relu(norm(x))
         if self.use_abs_pe:
-            x = x + sinusoid_encoding(x.shape[-1], self.embed_dim, x.device).to(x.dtype)[None] * m[:, None].to(x.dtype)
+            # Rescaled by 1 / sqrt(C) as the public backbone does, so the encoding does not
+            # swamp the LayerNorm-ed embedding (entries of size ~1 per channel).
+            pe = (sinusoid_encoding(x.shape[-1], self.embed_dim, x.device) / math.sqrt(self.embed_dim)).float()
+            x = x + pe.to(x.dtype)[None] * m[:, None].to(x.dtype)
         for blk in self.stem:
             x, m = blk(x, m)
         feats, masks = [x], [m]
@@ -291,12 +395,13 @@ class ActionFormer(nn.Module):
             feats.append(x)
             masks.append(m)
         if self.neck_type == "fpn":
-            lat = [conv(f) * mk[:, None].to(f.dtype) for conv, f, mk in zip(self.lateral, feats, masks)]
-            for i in range(len(lat) - 1, 0, -1):  # top-down pathway
-                lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-1], mode="nearest") * \
-                    masks[i - 1][:, None].to(x.dtype)
+            lat = [conv(f, mk)[0] for conv, f, mk in zip(self.lateral, feats, masks)]
+            for i in range(len(lat) - 1, 0, -1):  # top-down pathway; the output conv masks the sum
+                lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-1], mode="nearest")
             feats = [conv(f, mk)[0] for conv, f, mk in zip(self.fpn_out, lat, masks)]
-        feats = [norm(f) * mk[:, None].to(f.dtype) for norm, f, mk in zip(self.neck_norm, feats, masks)]
+        # Not re-masked after the LayerNorm (the public necks do not): padded steps hold the
+        # norm's bias, which the heads' first convolution reads at the last real step.
+        feats = [norm(f) for norm, f in zip(self.neck_norm, feats)]
 
         out: dict[str, Any] = {"cls_logits": [], "offsets": [], "masks": masks, "features": []}
         if self.quality_heads:
@@ -306,7 +411,7 @@ class ActionFormer(nn.Module):
             reg = self.reg_head(f, mk)
             out["cls_logits"].append(cls.transpose(1, 2))  # (B, T_l, C)
             out["offsets"].append(F.relu(reg[0] * self.scales[lvl]).transpose(1, 2))  # (B, T_l, 2)
-            out["features"].append(f.transpose(1, 2))  # (B, T_l, F)
+            out["features"].append((f * mk[:, None].to(f.dtype)).transpose(1, 2))  # (B, T_l, F), zeros where padded
             if self.quality_heads:
                 out["tiou_logits"].append(reg[1][:, 0])  # (B, T_l)
                 out["tnd_logits"].append(reg[2][:, 0])
