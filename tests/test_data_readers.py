@@ -84,6 +84,17 @@ def test_write_is_atomic_and_refuses_overwrite(tmp_path: Path) -> None:
     write_layout(new, CLASSES, out, "wtalc", overwrite=True)
     assert_same(new, read_layout(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    # overwrite replaces only a folder write_layout wrote: a file of the user's stops it.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        write_layout(videos, CLASSES, out, "wtalc", overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert_same(new, read_layout(out))
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "a.npy").write_bytes(b"x")  # no layout.json: nothing in it is known to be ours
+    with pytest.raises(FileExistsError, match="a.npy"):
+        write_layout(videos, CLASSES, user, "wtalc", overwrite=True)
 
 
 def test_writer_rejects_timing_the_layout_cannot_hold(tmp_path: Path) -> None:

@@ -266,3 +266,30 @@ def test_tool_from_annotations_is_a_drop_in_for_real_thumos14(tmp_path, capsys):
     assert len(ds.train_videos("weak")) == 200 and len(ds.test_videos()) == 212
     expect, _ = generate_synthetic(feature_dim=4, from_annotations="thumos14")
     _same_records(expect, ds.all_videos())
+
+
+@pytest.mark.parametrize("layout", ["wtalc", "split", "concat"])
+def test_make_synthetic_overwrite_keeps_the_users_files(tmp_path, layout, capsys):
+    """--overwrite replaces a folder the tool wrote, and refuses one holding anything else."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_synthetic", Path(__file__).parent.parent / "tools" / "make_synthetic.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / "synth"
+    args = ["--out", str(out), "--layout", layout, "--num-train", "3", "--num-test", "2", "--num-classes", "2",
+            "--feature-dim", "8", "--max-steps", "40"]
+    assert tool.main(args) == 0
+    assert tool.main(args) == 2  # exists, no --overwrite
+    assert tool.main([*args, "--overwrite", "--seed", "1"]) == 0  # its own folder: replaced
+    capsys.readouterr()
+    dataset = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    mine = {"notes.txt": out / "notes.txt", "deep": out / "features" / "x.txt" if layout == "split" else out / "x.npy"}
+    for f in mine.values():
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("the user's")
+    assert tool.main([*args, "--overwrite", "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "--overwrite never deletes" in err
+    assert all(f.read_text() == "the user's" for f in mine.values())
+    assert all(p.read_bytes() == b for p, b in dataset.items())  # the dataset is untouched too

@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--offset-s", type=float, default=0.0, help="seconds at the start of step 0")
     ap.add_argument("--name", default="Synthetic",
                     help="file prefix of the wtalc layout (<name>-I3D-JOINTFeatures.npy)")
-    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="replace an existing --out folder written by this tool (refused if it holds other files)")
     return ap.parse_args(argv)
 
 
@@ -61,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     from taltoolkit.data.writers import atomic_write_json, write_layout
 
+    from taltoolkit.data.writers import foreign_files
+
+    if args.out.is_dir() and any(args.out.iterdir()):
+        # Checked before generating (minutes for real-sized sets); write_layout checks again.
+        foreign = foreign_files(args.out) if args.overwrite else []
+        if not args.overwrite or foreign:
+            why = ("pass --overwrite to replace it" if not args.overwrite else
+                   f"it holds files this tool did not write ({', '.join(foreign[:4])}"
+                   f"{' ...' if len(foreign) > 4 else ''}), which --overwrite never deletes: move them")
+            print(f"make_synthetic.py: error: --out {args.out} exists and is not empty; {why}, or choose another "
+                  "folder", file=sys.stderr)
+            return 2
     preset = PRESETS[args.preset]
     if args.from_annotations is not None:
         subsets = annotation_set(args.from_annotations).subsets()
@@ -78,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     videos, classes = generate_synthetic(**params)
     t_gen = time.time() - t0
     timing = concat_write_params(args.step_s, args.offset_s, videos[0].fps) if args.layout == "concat" else {}
-    out = write_layout(videos, classes, args.out, args.layout, name=args.name, overwrite=args.overwrite,
-                       **timing)
+    try:
+        out = write_layout(videos, classes, args.out, args.layout, name=args.name, overwrite=args.overwrite,
+                           **timing)
+    except FileExistsError as e:
+        print(f"make_synthetic.py: error: {e}", file=sys.stderr)
+        return 2
     stats = statistics_by_subset(videos)
     atomic_write_json(out / "synthetic.json", {"generator_version": GENERATOR_VERSION, "params": params,
                                                "layout": args.layout, "name": args.name, "write_timing": timing,

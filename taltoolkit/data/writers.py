@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from taltoolkit.data.annotations import AnnotationSet, load_activitynet_json, load_wtalc_annotations
-from taltoolkit.data.errors import DataError
+from taltoolkit.data.errors import DataError, preview
 from taltoolkit.data.readers import WTALC_STEP_S, concat_timing, read_concat, read_split, read_wtalc
 from taltoolkit.structures import Video
 
@@ -79,10 +79,59 @@ def _publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:
             raise
     if not overwrite:
         raise FileExistsError(f"{out} already exists and is not empty; pass overwrite=True or choose another folder")
+    foreign = foreign_files(out)
+    if foreign:
+        # overwrite replaces a dataset this module wrote, never files of the user's.
+        raise FileExistsError(
+            f"{out} holds {len(foreign)} file(s) that write_layout did not write, e.g. {preview(foreign, 4)}; "
+            "overwrite only replaces a folder written by write_layout / tools/make_synthetic.py: move those "
+            "files or choose another folder"
+        )
     old = _tmp_sibling(out)
     os.rename(out, old)  # two renames: the target is briefly absent, but never half-written
     os.rename(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+# Files of a W-TALC annotation folder as write_wtalc_annotations writes it.
+_WTALC_ANNOTATION_FILES = frozenset(f"{n}.npy" for n in (
+    "videoname", "subset", "classlist", "duration", "original_fps", "labels", "labels_all", "segments"))
+# Besides the layout's own files: the synthetic cache's / make_synthetic's record, and the
+# semi split files runs write into a dataset root (regenerated from their seed).
+_OWN_EXTRAS = frozenset({LAYOUT_FILE, GT_FILE, "synthetic.json", "splits"})
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Paths under ``folder`` (relative) that :func:`write_layout` did not write there.
+
+    What a folder holds is judged from its own ``layout.json`` and ``gt.json``: without
+    them nothing in it is known to be ours.
+    """
+    try:
+        meta = read_layout_meta(folder)
+        videos = set(json.loads((folder / GT_FILE).read_text(encoding="utf-8"))["database"])
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        meta, videos = {}, set()
+    layout, name = meta.get("layout"), str(meta.get("name", ""))
+    out: list[str] = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        top = rel.parts[0]
+        if not meta:
+            ok = False
+        elif top in _OWN_EXTRAS:
+            ok = top != "splits" or p.is_dir() or p.suffix == ".json"
+        elif layout == "wtalc":
+            ok = (rel.as_posix() == f"{name}-I3D-JOINTFeatures.npy" or (top == f"{name}-Annotations" and (
+                len(rel.parts) == 1 or (len(rel.parts) == 2 and rel.name in _WTALC_ANNOTATION_FILES))))
+        elif layout == "split":
+            ok = top == "features" and (len(rel.parts) < 4 or (len(rel.parts) == 4 and rel.suffix == ".npy"
+                                                                and rel.stem in videos))
+        else:  # concat
+            ok = len(rel.parts) == 1 and rel.suffix == ".npy" and rel.stem in videos
+        if not ok and not any(rel.as_posix().startswith(f + "/") for f in out):
+            out.append(rel.as_posix())
+    return out
 
 
 # --------------------------------------------------------------------------- validation
