@@ -132,3 +132,40 @@ def test_rmgcl_on_thumos14_config_in_a_real_layout(compose, tmp_path):
     assert metrics["dataset"] == "thumos14" and metrics["preset"] == "thumos14_weak"
     assert sum(metrics["num_ground_truth"].values()) == 3358
     assert np.isfinite(metrics["average_mAP"]) and metrics["history"][-1]["memory_active"] == 1
+
+
+def test_rmgcl_builds_its_datasets_with_acmnet_sampling(compose, tiny_overrides, monkeypatch, tmp_path):
+    """method.sampling_rule / method.test_sampling reach the datasets the entry point builds:
+    ACM-Net's random_sample while training, and test videos longer than num_segments resampled."""
+    import taltoolkit.data.sampling as sampling
+
+    seen = []
+    original = sampling.make_dataset
+
+    def spy(*args, **kw):
+        seen.append((kw["training"], kw["rule"], kw["test_sampling"]))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(sampling, "make_dataset", spy)
+    base = ["method=rmgcl", "memory_branch=none", "trainer.max_epochs=1", *tiny_overrides]
+    taltoolkit.run(compose(base))
+    assert {s[1:] for s in seen} == {("acmnet", "longer")} and {s[0] for s in seen} == {True, False}
+    seen.clear()
+    taltoolkit.run(compose(["method=rmgcl", "memory_branch=none", "trainer.max_epochs=1", "method.sampling_rule=bins",
+                            "method.test_sampling=native", *_rename(tiny_overrides, tmp_path, "other")]))
+    assert {s[1:] for s in seen} == {("bins", "native")}
+
+
+def test_resampled_test_video_times_are_acmnets_t_factor():
+    """A test video of 1000 steps (THUMOS14: 16 frames at 25 fps) resampled to 750: the seconds
+    per upsampled step equal ACM-Net's t_factor = 16 * vid_len / (25 * 20 * 750)."""
+    import numpy as np
+
+    from taltoolkit.data.sampling import evaluation_indices
+
+    idx = evaluation_indices(1000, 750, "longer")
+    # ACM-Net's uniform_sample: floor(arange(750) * 1000 / 750)
+    assert len(idx) == 750 and np.array_equal(idx, np.floor(np.arange(750) * (1000 / 750)).astype(int))
+    assert len(evaluation_indices(600, 750, "longer")) == 600  # shorter videos stay native
+    step_scale = 1000 / len(idx)  # the evaluator's step_s multiplier for this video
+    assert (16 / 25) * step_scale / 20 == pytest.approx((16 * 1000) / (25 * 20 * 750), rel=1e-12)
