@@ -97,6 +97,8 @@ BRANCH_CASES = [
      and value(r1["losses"]["loss_pseudo"]) == value(r0["losses"]["loss_pseudo"])),
     ("ncl_q", 0.7, lambda r0, r1, b0, b1: value(r1["losses"]["loss_ncl"]) != value(r0["losses"]["loss_ncl"])
      and value(r1["losses"]["loss_pseudo"]) == value(r0["losses"]["loss_pseudo"])),
+    ("ncl_reduction", "sum", lambda r0, r1, b0, b1: value(r1["losses"]["loss_ncl"]) != value(r0["losses"]["loss_ncl"])
+     and value(r1["losses"]["loss_pseudo"]) == value(r0["losses"]["loss_pseudo"])),
     ("rho", 0.5, lambda r0, r1, b0, b1: value(r1["losses"]["loss_pseudo"]) != value(r0["losses"]["loss_pseudo"])
      and value(r1["losses"]["loss_ncl"]) == value(r0["losses"]["loss_ncl"])),
     ("pseudo_weight", 0.3, lambda r0, r1, b0, b1: value(r1["loss"]) != value(r0["loss"])

@@ -199,6 +199,7 @@ class MemoryBranch(nn.Module):
         temperature: float = 0.1,  # tau of Eq. 9, not stated: supervised contrastive learning [48]'s value
         ncl_lambda: float = 0.5,  # lambda of Eq. 9 (Sec. IV-B2)
         ncl_q: float = 0.2,  # q of Eq. 9 (Sec. IV-B2)
+        ncl_reduction: str = "mean",  # Eq. 9 over a row's positives: mean (default) | sum (as printed)
         rho: float = 0.001,  # Eq. 16 variance regulariser (Sec. IV-B2)
         warmup_epochs: int = 50,  # memory built only after 50 of 200 epochs (Sec. IV-B2)
         background: bool = True,  # the TCAM has a background column (ACM-Net: yes; CASE: no)
@@ -233,6 +234,9 @@ class MemoryBranch(nn.Module):
         self.num_codewords = num_codewords
         self.temperature = temperature
         self.ncl_lambda, self.ncl_q = ncl_lambda, ncl_q
+        if ncl_reduction not in ("mean", "sum"):
+            raise ValueError(f"ncl_reduction={ncl_reduction!r}; choose mean or sum")
+        self.ncl_reduction = ncl_reduction
         self.rho = rho
         self.warmup_epochs = warmup_epochs
         self.background = background
@@ -469,7 +473,7 @@ class MemoryBranch(nn.Module):
                 # anchors of the global batch (ranks hold different numbers of anchors).
                 losses["loss_ncl"] = dist_utils.global_mean(noise_tolerant_contrastive(
                     anchors.float(), rows, self.memory, self.memory_valid(), temperature=self.temperature,
-                    lam=self.ncl_lambda, q=self.ncl_q, per_anchor_out=True,
+                    lam=self.ncl_lambda, q=self.ncl_q, reduction=self.ncl_reduction, per_anchor_out=True,
                 ))
             losses["loss_pseudo"] = uncertainty_weighted_pseudo_loss(
                 tcam.float(), pseudo.float(), mask, rho=self.rho, use_uncertainty=self.use_uncertainty,
