@@ -51,6 +51,7 @@ def rank_gaussian_prior(
     mask: Tensor | None = None,
     log: bool = False,
     normalize_rows: bool = False,
+    positions: str = "rank",
 ) -> Tensor:
     """Rank prior \\hat Q^S of SCC (CASE Eq. 11): ``N(rank_n / N; Q^C_{k,fg}, sigma^2)``.
 
@@ -68,10 +69,20 @@ def rank_gaussian_prior(
     a uniform row. ``normalize_rows`` makes every row a distribution over the K clusters; it
     only changes the first Sinkhorn iterations, not the fixed point (per-row factors are
     absorbed by the row scaling), so the default keeps Eq. 11 literally, as Algorithm 1 does.
+
+    ``positions="argsort"`` reproduces the public code instead: snippet n's position is
+    ``1 - (argsort(-P^A)[n] + 1) / N`` (an index of the sorted order, not n's rank).
     """
+    if positions not in ("rank", "argsort"):
+        raise ValueError(f"positions must be 'rank' or 'argsort', got {positions!r}")
     n = attention.shape[0]
     cluster_fg = cluster_fg.to(attention)
-    if mask is None:
+    if positions == "argsort":
+        if mask is not None:
+            raise ValueError("positions='argsort' (the public code's prior) takes no mask")
+        desc = torch.argsort(-attention.detach()).to(attention.dtype)  # (N,) not ranks: see above
+        pos = (n - 1 - desc) / max(n, 1)  # (N,) the code's |(idx + 1) / N - Q^C_bg| as |pos - Q^C_fg|
+    elif mask is None:
         pos = ascending_ranks(attention.detach()).to(attention.dtype) / max(n, 1)  # (N,)
     else:
         mask = mask.to(torch.bool)

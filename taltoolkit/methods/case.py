@@ -64,6 +64,7 @@ class CASE(Method):
         sinkhorn_epsilon: float = 0.5,  # Eq. 10 entropic weight: Q ∝ exp(L / eps); code: eps 20 over rho 10
         sinkhorn_iters: int = 3,  # Algorithm 1 n_iter
         scc_prior: str = "rank",  # Eq. 12 ("rank") or Eq. 10 ("none"): Table 5 line 2
+        prior_positions: str = "rank",  # Eq. 11 as printed ("rank") or the public code's argsort indices ("argsort")
         ccc_marginal: str = "empirical",  # Eq. 13 ("empirical") or Eq. 9 ("equipartition"): Table 5 line 3
         scc_labelling: str = "ot_soft",  # Table 4: ot_soft | ot_hard | argmax | softmax (w/o OT)
         test_foreground: str = "fused",  # Table 6: fused P^M | attention P^A | transformed P^T
@@ -116,6 +117,7 @@ class CASE(Method):
         self.rho, self.sigma = rho, sigma
         self.sinkhorn_epsilon, self.sinkhorn_iters = sinkhorn_epsilon, sinkhorn_iters
         self.scc_prior, self.ccc_marginal = scc_prior, ccc_marginal
+        self.prior_positions = prior_positions
         self.scc_labelling = scc_labelling
         self.test_foreground = test_foreground
         self.test_fusion = test_fusion
@@ -282,9 +284,10 @@ class CASE(Method):
     def _rank_prior(self, attention: torch.Tensor) -> torch.Tensor:
         """Eq. 11 for this rank's snippets (N,), ranked among the global batch's."""
         if not self._use_global():
-            return rank_gaussian_prior(attention, self.cluster_fb[:, 0], self.sigma)  # (N, K)
+            return rank_gaussian_prior(attention, self.cluster_fb[:, 0], self.sigma, positions=self.prior_positions)  # (N, K)
         everyone, start = dist_utils.all_gather_rows_with_start(attention)  # rank order = one process's order
-        return rank_gaussian_prior(everyone, self.cluster_fb[:, 0], self.sigma)[start : start + attention.shape[0]]
+        prior = rank_gaussian_prior(everyone, self.cluster_fb[:, 0], self.sigma, positions=self.prior_positions)
+        return prior[start : start + attention.shape[0]]
 
     def log_metrics(self) -> dict[str, float]:
         return dict(self._last)
