@@ -154,6 +154,7 @@ def test_two_processes_cluster_like_one(tmp_path):
     # Training on sharded batches averages the P and U losses over the global batch's P and U
     # videos, so the losses match to float round-off (~1e-7 observed) and iteration 2 clusters
     # the same way.
+    assert len(out[1]["history"]) == len(out[2]["history"]) > 0  # zip would hide a run that stopped early
     for a, b in zip(out[1]["history"], out[2]["history"]):
         for key in [k for k in a if k.startswith("loss")]:
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-7), (key, a, b)

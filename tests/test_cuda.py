@@ -29,6 +29,7 @@ def test_method_trains_on_cuda_like_on_cpu(compose, tiny_overrides, name, tmp_pa
     cpu = _run(compose, tiny_overrides, tmp_path, name, "cpu", ["trainer.device=cpu"])
     gpu = _run(compose, tiny_overrides, tmp_path, name, "cuda", ["trainer.device=cuda"])
     assert gpu["device"].startswith("cuda")
+    assert len(cpu["history"]) == len(gpu["history"]) == 2  # zip would hide a run that stopped early
     for a, b in zip(cpu["history"], gpu["history"]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a, b)
 

@@ -53,6 +53,7 @@ def test_two_process_case_matches_single_process(tmp_path, variant):
     # Same global batches, and SCC/CCC's batch statistics (Sinkhorn's column sums, the rank
     # prior's ranks, CCC's prototypes and marginal) are taken over the global batch: only
     # float summation orders differ (~1e-7 observed for every loss term).
+    assert len(m1["history"]) == len(m2["history"]) > 0  # zip would hide a run that stopped early
     for a, b in zip(m1["history"], m2["history"]):
         for key in [k for k in a if k.startswith("loss")]:
             assert b[key] == pytest.approx(a[key], rel=1e-5), (key, a, b)
@@ -95,6 +96,7 @@ def test_two_process_rmgcl_matches_single_process(tmp_path):
         "memory_branch.num_heads=2", "memory_branch.zeta=0.0",
     ])
     assert m1["history"][-1]["loss_ncl"] > 0  # the memory was used
+    assert len(m1["history"]) == len(m2["history"]) > 0  # zip would hide a run that stopped early
     for a, b in zip(m1["history"], m2["history"]):
         # Eq. 9 is averaged over the global batch's anchors (ranks hold different numbers of
         # them): only summation orders differ (~1e-6 observed).
@@ -206,6 +208,7 @@ def test_two_process_apl_matches_single_process(tmp_path, variant):
         keys += ["loss_conc", "loss_conf", "loss_icd"]
     else:
         assert stages == ["supervised", "supervised", "semi", "semi"]
+    assert len(m1["history"]) == len(m2["history"]) > 0  # zip would hide a run that stopped early
     for a, b in zip(m1["history"], m2["history"]):
         # Global positive counts (labelled and pseudo-labelled apart) normalise both runs
         # alike, so as for ActionFormer only summation order differs (~1e-7 observed).
