@@ -241,8 +241,10 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-# Files a run writes into its output folder; any of them there means the folder holds a run.
-RUN_OUTPUTS = ("config.yaml", "metrics.json", "predictions.json", "checkpoints", "plots")
+# What a run that got as far as training or evaluating leaves in its output folder; any of
+# them there means the folder holds a run. (config.yaml alone is a run that failed during
+# setup: nothing of value would be replaced.)
+RUN_OUTPUTS = ("metrics.json", "predictions.json", "checkpoints", "plots")
 
 
 def claim_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
@@ -264,6 +266,7 @@ def claim_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
             f"output folder {out_dir} already holds a run ({', '.join(present)}); choose another output_dir, "
             "resume it with trainer.resume=PATH/checkpoints/last.ckpt, or pass overwrite=true to replace it"
         )
+    present += ["config.yaml"] if (out_dir / "config.yaml").exists() else []
     log.warning("overwrite=true: deleting the earlier run's %s in %s", ", ".join(present), out_dir)
     for name in present:
         p = out_dir / name
