@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -169,3 +170,22 @@ def test_resampled_test_video_times_are_acmnets_t_factor():
     assert len(evaluation_indices(600, 750, "longer")) == 600  # shorter videos stay native
     step_scale = 1000 / len(idx)  # the evaluator's step_s multiplier for this video
     assert (16 / 25) * step_scale / 20 == pytest.approx((16 * 1000) / (25 * 20 * 750), rel=1e-12)
+
+
+def test_a_nan_step_is_skipped_by_the_training_loop(compose, tiny_overrides, monkeypatch):
+    """ACM-Net's loop skips a step whose loss is NaN; the engine's loop runs on (and logs it)."""
+    import taltoolkit.methods.rmgcl as rmgcl_module
+
+    calls = []
+    original = rmgcl_module.guide_loss
+
+    def nan_once(*args, **kw):
+        calls.append(1)
+        value = original(*args, **kw)
+        return value * float("nan") if len(calls) == 1 else value
+
+    monkeypatch.setattr(rmgcl_module, "guide_loss", nan_once)
+    metrics = taltoolkit.run(compose(["method=rmgcl", "memory_branch=none", "trainer.max_epochs=2", *tiny_overrides]))
+    hist = metrics["history"]
+    assert hist[0]["skipped_steps"] == 1 and hist[1]["skipped_steps"] == 0
+    assert all(math.isfinite(h["loss"]) for h in hist)
