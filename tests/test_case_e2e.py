@@ -140,11 +140,12 @@ def test_model_selection_is_explicit_and_recorded(compose, tiny_overrides, selec
 
 def test_case_memory_branch_fills_class_rows_through_the_zeta_gate(compose, tiny_overrides, tmp_path):
     """End to end: with the memory on from epoch 0, CASE's calibrated scores pass zeta = 0.75 at
-    action steps, so the memory holds action-class features, not only background."""
+    action steps once the network has learnt a little, so the memory holds action-class
+    features, not only background (easier tiny data and lr 1e-3 so that 30 epochs suffice)."""
     import torch
 
-    cfg = compose(["method=case", "memory_branch=rmgcl", "trainer.max_epochs=4", "memory_branch.warmup_epochs=0",
-                   "method.attention_warmup_epochs=0", *tiny_overrides])
+    cfg = compose(["method=case", "memory_branch=rmgcl", "trainer.max_epochs=30", "memory_branch.warmup_epochs=0",
+                   "method.attention_warmup_epochs=0", *tiny_overrides, "trainer.lr=1e-3", "dataset.difficulty=0.5"])
     taltoolkit.run(cfg)
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["method"]
     counts = [v for k, v in state.items() if k.endswith("memory_count")]

@@ -152,3 +152,54 @@ def test_predict_shapes_and_probabilities():
     assert len(outs) == 4 and outs[1]["cas"].shape == (20, 3)
     assert torch.allclose(outs[0]["class_scores"].sum(), torch.tensor(1.0))
     assert (outs[0]["cas"] >= 0).all() and (outs[0]["cas"] <= 1).all()
+
+
+def _case_with_memory(**kw):
+    from functools import partial
+
+    from taltoolkit.models.memory import MemoryBranch
+
+    torch.manual_seed(0)
+    branch = partial(MemoryBranch, queue_length=8, num_codewords=3, num_heads=2, zeta=0.75, warmup_epochs=0)
+    return CASE(TwoStreamWTAL(16, 3, hidden_dim=8, num_clusters=4), memory_branch=branch, **kw)
+
+
+@pytest.mark.parametrize("mode", ["calibrated", "softmax"])
+def test_memory_gating_on_case_uses_attention_calibrated_scores(monkeypatch, mode):
+    """Eq. 7's zeta gates CASE's attention-calibrated T-CAS (classes) and 1 - P^A (background) per step."""
+    from taltoolkit.models.memory import MemoryBranch
+
+    m = _case_with_memory(memory_scores=mode)
+    seen = []
+    orig = MemoryBranch._selection_scores
+
+    def spy(self, tcam, scores, background_scores):  # noqa: ANN001, ANN202
+        sel = orig(self, tcam, scores, background_scores)
+        seen.append((tcam.detach(), sel))
+        return sel
+
+    monkeypatch.setattr(MemoryBranch, "_selection_scores", spy)
+    batch = _batch()
+    m.on_epoch_start(0)
+    m.training_step(batch)
+    out = m.model(batch["features"], batch["mask"])
+    for s, (tcam, sel) in enumerate(seen):
+        att = out["attention"][s].detach()
+        torch.testing.assert_close(sel[..., -1], 1 - att)  # background row
+        fused = (out["cas"].detach().softmax(-1).mean(0) + out["attention"].detach().sum(0).unsqueeze(-1)) / 3
+        cls = fused if mode == "calibrated" else tcam.softmax(-1)
+        torch.testing.assert_close(sel[..., :-1], cls)
+
+
+def test_memory_gating_stores_actions_only_where_attention_agrees():
+    """A step whose class softmax is sure but whose attention says background passes zeta = 0.75 only
+    with the plain softmax; with the calibrated scores it goes to the background row instead."""
+    from taltoolkit.models.memory import MemoryBranch
+
+    branch = MemoryBranch(4, 2, queue_length=8, num_codewords=2, num_heads=1, zeta=0.75, warmup_epochs=0, background=False)
+    tcam = torch.tensor([[[6.0, -6.0], [6.0, -6.0]]])  # (1, 2, 2): class 0 sure at both steps
+    att = torch.tensor([[0.95, 0.05]])  # step 0 foreground, step 1 background
+    calibrated = branch._selection_scores(tcam, (tcam.softmax(-1) + att.unsqueeze(-1)) / 2, 1 - att)
+    plain = branch._selection_scores(tcam, None, 1 - att)
+    assert calibrated[0, 0, 0] > 0.75 and calibrated[0, 1, 0] < 0.75 and calibrated[0, 1, 2] > 0.75
+    assert plain[0, 1, 0] > 0.75  # the background step would be stored as class 0

@@ -71,8 +71,8 @@ def test_experiment_config_is_a_ready_sweep(tmp_path):
     out = _multirun(tmp_path, "experiment=rmgcl_ablation", "seed=0",  # the command line replaces the experiment's seeds
                     "++memory_branch.warmup_epochs=0", "++memory_branch.queue_length=8", "++memory_branch.num_codewords=2",
                     "++memory_branch.num_heads=2", "model.hidden_dim=16")
-    rows = _check_summary(tmp_path, out, settings=2, seeds=1)
-    assert {r["setting"] for r in rows} == {"memory_branch=none", "memory_branch=rmgcl"}
+    rows = _check_summary(tmp_path, out, settings=3, seeds=1)
+    assert {r["setting"] for r in rows} == {"memory_branch=none", "memory_branch=rmgcl", "memory_branch=rmgcl_empty_memory"}
 
 
 def test_summary_of_hand_made_runs(tmp_path):

@@ -40,6 +40,7 @@ from taltoolkit.registry import register
 SCC_LABELLINGS = ("ot_soft", "ot_hard", "argmax", "softmax")  # Table 4
 TEST_FOREGROUND = ("fused", "attention", "transformed")  # Table 6: P^M, P^A, P^T
 TEST_FUSIONS = ("code", "weighted")  # how P^M enters the calibrated T-CAS (docs/methods/case.md)
+MEMORY_SCORES = ("calibrated", "softmax")  # what a memory branch's zeta = 0.75 gates
 
 
 @register("method", "case")
@@ -78,6 +79,7 @@ class CASE(Method):
         memory_branch: Callable[..., MemoryBranch] | None = None,  # RMGCL/GKSA's branch, one per stream
         memory_test_cam: str = "main",  # with a memory branch: main | pseudo | mean T-CAS at test time
         memory_teacher_weight: float = 1.0,  # with a memory branch: the pseudo-T-CAS learns Eq. 1 too (RMGCL Sec. III-D3)
+        memory_scores: str = "calibrated",  # with a memory branch: what Eq. 7's zeta gates (docs/methods/case.md)
     ) -> None:
         super().__init__()
         if scc_prior not in ("rank", "none"):
@@ -97,6 +99,8 @@ class CASE(Method):
                              "method.use_ccc=false method.test_foreground=attention for the baseline)")
         if memory_test_cam not in TEST_CAMS:
             raise ValueError(f"method.memory_test_cam={memory_test_cam!r}; choose one of {TEST_CAMS}")
+        if memory_scores not in MEMORY_SCORES:
+            raise ValueError(f"method.memory_scores={memory_scores!r}; choose one of {MEMORY_SCORES}")
         self.model = model
         # RMGCL/GKSA Sec. IV-D "plug into other methods": each stream's classification
         # embeddings, T-CAS and classifier carry their own memory (the streams' embedding
@@ -110,6 +114,7 @@ class CASE(Method):
             )
         self.memory_test_cam = memory_test_cam
         self.memory_teacher_weight = memory_teacher_weight
+        self.memory_scores = memory_scores
         self.topk_ratio = topk_ratio
         self.gce_q = gce_q
         self.use_scc, self.use_ccc = use_scc, use_ccc
@@ -221,9 +226,15 @@ class CASE(Method):
                 self._last["H(Q^S)"] = float(-(q_s * q_s.clamp_min(1e-12).log()).sum(-1).mean())
         if self.memory is not None:
             for si, branch in enumerate(self.memory):
+                # RMGCL gates Eq. 7 on attention-weighted class probabilities. CASE's T-CAS has
+                # no background column: "calibrated" gates CASE's own attention-calibrated T-CAS
+                # (the scores of Eq. 1's top-k), so a class passes zeta only where the attention
+                # also calls the step foreground, and background on 1 - P^A. "softmax" gates the
+                # plain class softmax, which background steps of a labelled video pass too.
+                scores = combined.detach() if self.memory_scores == "calibrated" else None
                 res = branch(
                     out["cls_embeddings"][si], cas[si], y, mask, partial(self.model.classify, stream=si),
-                    background_scores=1 - att[si],
+                    scores=scores, background_scores=1 - att[si],
                 )
                 total = total + res["loss"]  # gamma L_ps + mu L_cont (RMGCL Eq. 17)
                 for k, v in res["losses"].items():
