@@ -51,8 +51,9 @@ from taltoolkit.methods.actionformer import ActionFormerMethod
 from taltoolkit.models.actionformer import ActionFormer
 from taltoolkit.postprocess.proposals import segment_postprocess
 from taltoolkit.pseudo.apl import (
+    TAU_POS_SCOPES,
     ConsistencyDiscriminator,
-    adaptive_split,
+    adaptive_split_videos,
     fixed_split,
     icd_loss,
     icd_refine,
@@ -96,9 +97,15 @@ class APL(ActionFormerMethod):
         lambda_locq: float = 0.1,  # Eq. 12
         joint_eps: float = 1e-3,  # Eq. 4-5 "small positive value" (choice)
         qfl_beta: float = 2.0,  # Eq. 5 focal exponent on soft labels (QFL, ref. [17]) (choice)
+        # Eq. 5's alpha: None = QFL as in ref. [17] (no alpha); 0.25 = the baseline's focal alpha
+        # (ActionFormer), alpha_t = alpha q + (1 - alpha)(1 - q) on the soft label q (choice)
+        alqa_alpha: float | None = None,
         selection: str = "adaptive",  # Eq. 6 ("adaptive") | fixed threshold (Table 2 baseline, Fig. 3(c))
         tau_neg: float = 0.15,  # Eq. 6
         std_factor: float = 1.0,  # tau_pos = mean + std_factor * std (choice: the paper gives no formula)
+        tau_pos_scope: str = "pooled",  # pooled over the unlabelled videos | "video": per video (choice)
+        tau_pos_min_count: int = 10,  # fewer scores above tau_neg: tau_pos = tau_pos_fallback (choice)
+        tau_pos_fallback: float = 0.3,  # Fig. 3(c)'s fixed tau_pos (choice)
         fixed_threshold: float = 0.3,  # Table 2 baseline / Fig. 3(c) "fixed"
         # ICD (Sec. 3.2)
         use_icd: bool = True,  # Table 2 "+ICD"
@@ -119,6 +126,14 @@ class APL(ActionFormerMethod):
         acp_epochs: int = 5,  # pre-training epochs (choice)
         # Schedule and Eq. 12
         beta: float = 2.0,  # Eq. 12 weight of the unlabelled loss
+        # Points inside a prediction above tau_neg that was not selected get no classification
+        # loss (neither action nor background); False: background, as Eq. 12's sum over frames.
+        ignore_uncertain: bool = False,
+        # EMA (the network that pseudo-labels and is evaluated): restart it from the live weights
+        # when the supervised stage starts, and average the steps since then with weights
+        # normalised to 1 (the restart point itself gets none once a step is taken).
+        ema_reset: bool = True,
+        ema_bias_correction: bool = True,
         supervised_epochs: int | None = None,  # None: trainer.max_epochs
         semi_epochs: int | None = None,  # None: trainer.max_epochs
         rounds: int = 1,  # pseudo-labelling rounds (Fig. 1: one); 0 = labelled-only ActionFormer
@@ -141,8 +156,19 @@ class APL(ActionFormerMethod):
                              "turn one on or set method.use_acp=false")
         if rounds < 0:
             raise ValueError(f"method.rounds={rounds} must be >= 0")
+        if tau_pos_scope not in TAU_POS_SCOPES:
+            raise ValueError(f"method.tau_pos_scope={tau_pos_scope!r}; choose one of {TAU_POS_SCOPES}")
+        if tau_pos_min_count < 1:
+            raise ValueError(f"method.tau_pos_min_count={tau_pos_min_count} must be >= 1")
+        if alqa_alpha is not None and not 0 <= alqa_alpha <= 1:
+            raise ValueError(f"method.alqa_alpha={alqa_alpha} must be null (QFL) or in [0, 1]")
         self.use_alqa, self.lambda_locq, self.joint_eps, self.qfl_beta = use_alqa, lambda_locq, joint_eps, qfl_beta
         self.selection, self.tau_neg, self.std_factor, self.fixed_threshold = selection, tau_neg, std_factor, fixed_threshold
+        self.alqa_alpha = alqa_alpha
+        self.tau_pos_scope, self.tau_pos_min_count, self.tau_pos_fallback = tau_pos_scope, tau_pos_min_count, tau_pos_fallback
+        self.ignore_uncertain = ignore_uncertain
+        self.ema_reset, self.ema_bias_correction = ema_reset, ema_bias_correction
+        self._ema_steps = 0  # optimizer steps the EMA has averaged since it was (re)started
         self.use_icd, self.use_eap, self.use_mpp = use_icd, use_eap, use_mpp
         self.tau_icd, self.sigma_icd, self.icd_pairs = tau_icd, sigma_icd, icd_pairs
         self.use_acp, self.acp_coarse, self.acp_fine = use_acp, acp_coarse, acp_fine
@@ -162,6 +188,7 @@ class APL(ActionFormerMethod):
         self._stage_key, self._epoch = 0, 0  # with the seed and the videos, they key ACP's and ICD's draws
         self._all: list[Video] | None = None
         self._pseudo: dict[str, tuple[list, list]] = {}  # video -> (segments in seconds, labels)
+        self._ignore: dict[str, list] = {}  # video -> unselected predictions above tau_neg, (K, 2) seconds
         self._stage_metrics: dict[str, Any] = {}
         self._saved_metrics: dict[str, Any] = {}
 
@@ -195,10 +222,15 @@ class APL(ActionFormerMethod):
             context.set_train_videos(list(self._all))  # every video; ACP uses no labels
         elif self._phase == "supervised":
             context.set_train_videos(labelled)
+            # The EMA pseudo-labels at the next stage: without the restart it would still hold
+            # the random initialisation and the ACP weights (whose heads ACP never trains).
+            # Not when resuming inside the stage: the checkpoint holds the EMA of this stage.
+            if self.ema is not None and self.ema_reset and not context.resumed:
+                self.restart_ema()
         else:
             unlabelled = [v for v in self._all if v.label_level == "none"]
             if not (context.resumed and self._pseudo):
-                self._pseudo, self._stage_metrics = self.make_pseudo_labels(unlabelled, labelled, context)
+                self._pseudo, self._ignore, self._stage_metrics = self.make_pseudo_labels(unlabelled, labelled, context)
             else:
                 self._stage_metrics = dict(self._saved_metrics)
             # A video left without any pseudo-label is not trained on: "no action found" is not
@@ -220,58 +252,150 @@ class APL(ActionFormerMethod):
 
     def extra_state(self) -> dict[str, Any]:
         return {"pseudo": {k: (list(map(list, s)), list(lab)) for k, (s, lab) in self._pseudo.items()},
-                "metrics": dict(self._saved_metrics)}
+                "ignore": {k: list(map(list, s)) for k, s in self._ignore.items()},
+                "metrics": dict(self._saved_metrics), "ema_steps": self._ema_steps}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self._pseudo = {k: (s, lab) for k, (s, lab) in state.get("pseudo", {}).items()}
+        self._ignore = {k: s for k, s in state.get("ignore", {}).items()}
         self._saved_metrics = dict(state.get("metrics", {}))
+        self._ema_steps = int(state.get("ema_steps", 0))
+
+    # ------------------------------------------------------------------ EMA
+    @torch.no_grad()
+    def restart_ema(self) -> None:
+        """EMA <- the live weights; the step count that the bias correction uses restarts at 0."""
+        assert self.ema is not None
+        for e, p in zip(self.ema.parameters(), self.model.parameters()):
+            e.copy_(p.detach())
+        for e, b in zip(self.ema.buffers(), self.model.buffers()):
+            e.copy_(b)
+        self._ema_steps = 0
+
+    def ema_step_decay(self) -> float:
+        """Decay of the next EMA update.
+
+        With ``ema_bias_correction`` the EMA after n steps since the restart is
+        ``sum_k d^(n-k) (1 - d) w_k / (1 - d^n)``: the steps' weights, normalised to 1, so the
+        restart point's weights have none (Adam's bias correction). The recursion's decay is
+        ``d (1 - d^(n-1)) / (1 - d^n)``: 0 at the first step, -> d later. Without it, ``d``.
+        """
+        d = self.ema_decay
+        if not self.ema_bias_correction:
+            return d
+        n = self._ema_steps + 1
+        return d * (1.0 - d ** (n - 1)) / (1.0 - d**n)
+
+    def ema_restart_weight(self) -> float:
+        """Share of the EMA that is still the weights it was (re)started from."""
+        if self.ema_bias_correction and self._ema_steps > 0:
+            return 0.0
+        return self.ema_decay ** self._ema_steps
+
+    def on_train_step_end(self) -> None:
+        if self.ema is None:
+            return
+        decay = self.ema_step_decay()
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(p.detach(), 1.0 - decay)
+            for e, b in zip(self.ema.buffers(), self.model.buffers()):
+                e.copy_(b)
+        self._ema_steps += 1
 
     # ------------------------------------------------------------------ pseudo-labels
     @torch.no_grad()
     def make_pseudo_labels(self, unlabelled: list[Video], labelled: list[Video], context: StageContext
-                           ) -> tuple[dict[str, tuple[list, list]], dict[str, Any]]:
-        """Predict, Soft-NMS, split by score (Eq. 6 or fixed), refine with ICD -> pseudo-labels + metrics."""
+                           ) -> tuple[dict[str, tuple[list, list]], dict[str, list], dict[str, Any]]:
+        """Predict, Soft-NMS, split by score (Eq. 6 or fixed), refine with ICD.
+
+        Returns the pseudo-labels (video -> (segments in seconds, labels)), the ignore regions
+        (video -> unselected predictions above tau_neg, seconds; empty unless
+        ``ignore_uncertain``) and the metrics. The hidden labels (``context.reference_videos``)
+        enter the metrics only, after the selection.
+        """
         if not unlabelled:
             log.warning("APL: no unlabelled video; the semi stage trains on the labelled videos only")
-            return {}, {}
+            return {}, {}, {}
         outputs = context.predict(unlabelled)
         dets = []
         for v, o in zip(unlabelled, outputs):
             dets.append(segment_postprocess(o["segments"], o["scores"], o["labels"], step_s=v.step_s,
                                             offset_s=v.offset_s, duration=v.duration, **self.nms_options))
-        scores = np.concatenate([d.scores for d in dets]) if dets else np.zeros(0)
+        scores = np.concatenate([d.scores for d in dets]) if dets else np.zeros(0)  # (L_nms,) every video's
+        # Both rules on the same pool of the same network: the selection trains, the other is
+        # Fig. 3(c)'s comparison only.
+        a_pos, a_cand, a_taus, a_info = adaptive_split_videos(
+            [d.scores for d in dets], self.tau_neg, self.std_factor, self.tau_pos_scope,
+            self.tau_pos_min_count, self.tau_pos_fallback)
+        f_pos, f_cand, f_tau = fixed_split(scores, self.fixed_threshold)
         if self.selection == "adaptive":
-            pos, cand, tau_pos = adaptive_split(scores, self.tau_neg, self.std_factor)
+            pos, cand, tau_pos = a_pos, a_cand, a_info["tau_pos_pooled"]
         else:
-            pos, cand, tau_pos = fixed_split(scores, self.fixed_threshold)
+            pos, cand, tau_pos = f_pos, f_cand, f_tau
         final = pos.copy()
-        sim = np.zeros_like(scores)
+        sim = None
         if self.icd is not None and (self.use_eap or self.use_mpp) and scores.size:
             sim = self._icd_scores(unlabelled, dets, labelled, context.device)
             final = icd_refine(pos, cand, sim, self.tau_icd, self.sigma_icd, self.use_eap, self.use_mpp)
+        # Unselected predictions above tau_neg: Eq. 6's candidates that ICD did not mine and
+        # positives that EAP eliminated (under the fixed rule: those in (tau_neg, threshold)).
+        uncertain = (scores > self.tau_neg) & ~final
         pseudo: dict[str, tuple[list, list]] = {}
-        before, after, truth = [], [], []
-        start = 0
-        for v, d in zip(unlabelled, dets):
-            n = len(d)
-            keep, p = final[start:start + n], pos[start:start + n]
-            start += n
+        ignore: dict[str, list] = {}
+        bounds = np.cumsum([0] + [len(d) for d in dets])  # video v's predictions: bounds[v]:bounds[v + 1]
+        for i, (v, d) in enumerate(zip(unlabelled, dets)):
+            keep = final[bounds[i]:bounds[i + 1]]
             pseudo[v.name] = (d.segments[keep].tolist(), d.labels[keep].tolist())
-            before.append((d.segments[p], d.labels[p]))
-            after.append((d.segments[keep], d.labels[keep]))
-            ref = context.reference_videos.get(v.name)
-            truth.append((ref.segments, ref.labels) if ref is not None else (np.zeros((0, 2)), np.zeros(0)))
+            unsure = uncertain[bounds[i]:bounds[i + 1]]
+            if self.ignore_uncertain and unsure.any():
+                ignore[v.name] = d.segments[unsure].tolist()
         metrics: dict[str, Any] = {
             "tau_pos": tau_pos, "num_candidates_nms": int(scores.size), "num_positive": int(pos.sum()),
             "num_candidate": int(cand.sum()), "num_final": int(final.sum()),
             "num_eliminated": int((pos & ~final).sum()), "num_mined": int((cand & final).sum()),
+            "num_uncertain": int(uncertain.sum()), "num_ignored": int(sum(len(s) for s in ignore.values())),
+            "num_above_tau_neg": a_info["num_above_tau_neg"], "tau_pos_fallback": a_info["tau_pos_fallback"],
         }
+        if self.tau_pos_scope == "video":
+            metrics["videos_tau_pos_fallback"] = a_info["videos_fallback"]
+            metrics["tau_pos_video_mean"] = float(a_taus.mean()) if a_taus.size else float("nan")
+        if self.ema is not None:
+            metrics["ema_steps"] = self._ema_steps  # steps the pseudo-labelling EMA averages
+            metrics["ema_restart_weight"] = self.ema_restart_weight()
         if context.reference_videos:
-            # Fig. 3(c): quality against the hidden ground truth (metrics only, never trained on).
-            metrics["before_icd"] = pseudo_label_quality(before, truth)
-            metrics["pseudo_quality"] = pseudo_label_quality(after, truth)
+            truth = []
+            for v in unlabelled:
+                ref = context.reference_videos.get(v.name)
+                truth.append((ref.segments, ref.labels) if ref is not None else (np.zeros((0, 2)), np.zeros(0)))
+
+            def quality(mask: np.ndarray) -> dict[str, float]:
+                sel = [(d.segments[mask[bounds[i]:bounds[i + 1]]], d.labels[mask[bounds[i]:bounds[i + 1]]])
+                       for i, d in enumerate(dets)]
+                return pseudo_label_quality(sel, truth)
+
+            def curve_point(mask: np.ndarray, tau: float) -> dict[str, float]:
+                q = quality(mask)
+                return {"tau_pos": float(tau), "count": int(mask.sum()), "precision": q["pos_acc"],
+                        "recall": q["recall"], "class_acc": q["class_acc"], "avg_tiou": q["avg_tiou"]}
+
+            # Quality against the hidden ground truth (metrics only, never trained on).
+            metrics["before_icd"] = quality(pos)
+            metrics["pseudo_quality"] = quality(final)
+            # Fig. 3(c): on this network's scores ("joint" with ALQA, else the class
+            # probability), tau_pos fixed at ``fixed_threshold`` vs the adaptive tau_pos, and
+            # ICD's EAP / MPP / both on the adaptive split. Precision = share with a same-class
+            # hidden instance at tIoU > 0.5 (the paper's Pos Acc); recall = share of the
+            # hidden instances so found.
+            fig = {"score": "joint" if self.use_alqa else "class", "num_hidden": int(sum(len(t[1]) for t in truth)),
+                   "fixed": curve_point(f_pos, f_tau), "adaptive": curve_point(a_pos, a_info["tau_pos_pooled"])}
+            if sim is not None:
+                for name, eap, mpp in (("eap", True, False), ("mpp", False, True), ("eap_mpp", True, True)):
+                    fig[name] = curve_point(icd_refine(a_pos, a_cand, sim, self.tau_icd, self.sigma_icd, eap, mpp),
+                                            a_info["tau_pos_pooled"])
+            metrics["fig3c"] = fig
         log.info("APL pseudo-labels: %s", {k: v for k, v in metrics.items()})
-        return pseudo, metrics
+        return pseudo, ignore, metrics
 
     def _icd_scores(self, unlabelled: list[Video], dets: list, labelled: list[Video], device: torch.device) -> np.ndarray:
         """Eq. 10 for every post-NMS prediction, against every labelled instance of its class."""
@@ -343,13 +467,20 @@ class APL(ActionFormerMethod):
                 soft[pos] = cls_t[pos] * (t_iou - t_nd).clamp(min=self.joint_eps)[:, None]  # DIoU soft label
             tiou_lg, tnd_lg = self.flat(out["tiou_logits"]).float(), self.flat(out["tnd_logits"]).float()  # (B, P)
             joint = joint_score(torch.sigmoid(logits), torch.sigmoid(tiou_lg), torch.sigmoid(tnd_lg), self.joint_eps)
-            cls_el = quality_focal_loss(joint, soft, self.qfl_beta).sum(-1)  # Eq. 5, (B, P)
+            cls_el = quality_focal_loss(joint, soft, self.qfl_beta)  # Eq. 5, (B, P, C)
+            if self.alqa_alpha is not None:  # the baseline's alpha, interpolated on soft labels as its FL does
+                cls_el = cls_el * (self.alqa_alpha * soft + (1 - self.alqa_alpha) * (1 - soft))
+            cls_el = cls_el.sum(-1)  # (B, P)
             if bool(pos.any()):
                 locq_el[pos] = (F.binary_cross_entropy_with_logits(tiou_lg[pos], t_iou, reduction="none")
                                 + F.binary_cross_entropy_with_logits(tnd_lg[pos], t_nd, reduction="none"))  # Eq. 3
         else:
             cls_el = sigmoid_focal_loss(logits, self.smooth(cls_t), self.focal_alpha, self.focal_gamma).sum(-1)
         v = valid.to(logits.dtype)
+        if self.ignore_uncertain:
+            # Neither action nor background: no classification term (regression / locq are on
+            # positives only, which keep their loss).
+            v = v * (~(self.ignore_mask(out, batch) & ~pos)).to(v.dtype)
         cls_loss = (w * cls_el * v).sum()
         reg_loss = (w * reg_el).sum()
         locq_loss = (w * locq_el).sum()
@@ -359,6 +490,26 @@ class APL(ActionFormerMethod):
         if self.use_alqa:
             out_losses["locq_loss"] = locq_loss
         return out_losses
+
+    def ignore_mask(self, out: dict[str, Any], batch: dict[str, Any]) -> Tensor:
+        """(B, P) True at the points of pseudo-labelled videos inside an ignore region.
+
+        A region is stored in seconds of its video; batch step j is the video's step
+        ``positions[b, j]`` (a crop is contiguous), so the crop starts at ``positions[b, 0]``
+        and a point at grid coordinate x of the crop is at ``x + positions[b, 0]`` of the video.
+        """
+        points = out["points"][:, 0]  # (P,) grid coordinates of the crop
+        mask = torch.zeros(len(batch["label_level"]), points.shape[0], dtype=torch.bool, device=points.device)
+        for b, (name, level) in enumerate(zip(batch["names"], batch["label_level"])):
+            regions = self._ignore.get(name) if level == "pseudo" else None
+            if not regions:
+                continue
+            secs = torch.as_tensor(regions, dtype=torch.float64).reshape(-1, 2)  # (K, 2) seconds
+            grid = (secs - float(batch["offset_s"][b])) / float(batch["step_s"][b]) - float(batch["positions"][b, 0])
+            grid = grid.to(device=points.device, dtype=points.dtype)  # (K, 2) grid of the crop
+            inside = (points[:, None] >= grid[None, :, 0]) & (points[:, None] <= grid[None, :, 1])  # (P, K)
+            mask[b] = inside.any(1)
+        return mask
 
     # ACP's fine contrast and ICD's pairs are sets over the batch. Under torchrun every rank
     # gathers the global batch's rows (in rank order, the single process's order) and computes

@@ -27,28 +27,70 @@ def joint_score(cls_prob: Tensor, tiou_prob: Tensor, tnd_prob: Tensor, eps: floa
     return (tiou_prob - tnd_prob).clamp(min=eps)[..., None] * cls_prob
 
 
-def adaptive_thresholds(scores: np.ndarray, tau_neg: float = 0.15, std_factor: float = 1.0) -> float:
+def adaptive_thresholds(scores: np.ndarray, tau_neg: float = 0.15, std_factor: float = 1.0,
+                        min_count: int = 1, fallback: float = float("inf")) -> float:
     """Eq. 6's tau_pos: mean + ``std_factor`` x std of the scores above ``tau_neg``.
 
     The paper says tau_pos "is dynamically computed based on the mean and standard deviation"
-    of those scores without the formula; mean + 1 std is our reading (``std_factor``). With no
-    score above tau_neg, tau_pos is +inf (nothing is positive).
+    of those scores without the formula; mean + 1 std is our reading (``std_factor``).
+    With fewer than ``min_count`` scores above tau_neg the statistics say nothing (a single
+    score would make tau_pos equal to it and select it alone), so tau_pos is ``fallback``
+    (+inf by default: nothing is positive).
     """
     s = np.asarray(scores, np.float64)
     rest = s[s > tau_neg]
-    if rest.size == 0:
-        return float("inf")
+    if rest.size == 0 or rest.size < min_count:
+        return float(fallback)
     return float(rest.mean() + std_factor * rest.std())
 
 
-def adaptive_split(scores: np.ndarray, tau_neg: float = 0.15, std_factor: float = 1.0
-                   ) -> tuple[np.ndarray, np.ndarray, float]:
+def adaptive_split(scores: np.ndarray, tau_neg: float = 0.15, std_factor: float = 1.0, min_count: int = 1,
+                   fallback: float = float("inf")) -> tuple[np.ndarray, np.ndarray, float]:
     """Eq. 6: positives ``s >= tau_pos``, candidates ``tau_neg < s < tau_pos`` -> (pos, cand, tau_pos)."""
     s = np.asarray(scores, np.float64)
-    tau_pos = adaptive_thresholds(s, tau_neg, std_factor)
+    tau_pos = adaptive_thresholds(s, tau_neg, std_factor, min_count, fallback)
     pos = s >= tau_pos
     cand = (s > tau_neg) & ~pos
     return pos, cand, tau_pos
+
+
+TAU_POS_SCOPES = ("pooled", "video")
+
+
+def adaptive_split_videos(scores: Sequence[np.ndarray], tau_neg: float = 0.15, std_factor: float = 1.0,
+                          scope: str = "pooled", min_count: int = 1, fallback: float = float("inf")
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Eq. 6 over the post-NMS predictions of several videos (``scores[v]`` (N_v,)).
+
+    ``scope="pooled"``: one tau_pos from every video's scores above tau_neg together (guarded
+    by ``min_count`` / ``fallback``, :func:`adaptive_thresholds`). ``scope="video"``: each
+    video's own tau_pos from its own scores; a video with fewer than ``min_count`` scores above
+    tau_neg takes the pooled value instead (itself guarded).
+
+    Returns positives and candidates over the concatenated scores (sum N_v,), each video's
+    tau_pos (V,) and what the metrics record: the pooled tau_pos, the number of scores above
+    tau_neg, whether the pooled value fell back, and how many videos took the pooled value.
+    """
+    if scope not in TAU_POS_SCOPES:
+        raise ValueError(f"tau_pos scope {scope!r}; choose one of {TAU_POS_SCOPES}")
+    per_video = [np.asarray(s, np.float64).reshape(-1) for s in scores]
+    flat = np.concatenate(per_video) if per_video else np.zeros(0)
+    above = int((flat > tau_neg).sum())
+    pooled = adaptive_thresholds(flat, tau_neg, std_factor, min_count, fallback)
+    taus = np.full(len(per_video), pooled)  # (V,)
+    videos_fallback = 0
+    if scope == "video":
+        for i, s in enumerate(per_video):
+            if int((s > tau_neg).sum()) >= max(min_count, 1):
+                taus[i] = adaptive_thresholds(s, tau_neg, std_factor, min_count, fallback)
+            else:
+                videos_fallback += 1
+    tau_each = np.repeat(taus, [len(s) for s in per_video]) if per_video else np.zeros(0)  # (sum N_v,)
+    pos = flat >= tau_each
+    cand = (flat > tau_neg) & ~pos
+    info = {"tau_pos_pooled": pooled, "num_above_tau_neg": above,
+            "tau_pos_fallback": bool(above == 0 or above < min_count), "videos_fallback": videos_fallback}
+    return pos, cand, taus, info
 
 
 def fixed_split(scores: np.ndarray, threshold: float = 0.3) -> tuple[np.ndarray, np.ndarray, float]:
