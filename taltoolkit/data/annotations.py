@@ -89,6 +89,22 @@ class AnnotationSet:
             )
         return AnnotationSet(self.classes, {k: v for k, v in self.videos.items() if v.subset in keep}, self.source)
 
+    def renamed(self, mapping: dict[str, str]) -> AnnotationSet:
+        """The same videos (order kept) under new names ``mapping[old]`` (unmapped names kept)."""
+        videos: dict[str, VideoAnnotation] = {}
+        for k, v in self.videos.items():
+            new = mapping.get(k, k)
+            if new in videos:
+                raise DataError(f"annotations {self.source}: renaming gives two videos the name {new!r}")
+            videos[new] = VideoAnnotation(new, v.subset, v.duration, v.fps, v.segments, v.labels)
+        return AnnotationSet(self.classes, videos, self.source)
+
+    def with_subsets(self, mapping: dict[str, str]) -> AnnotationSet:
+        """The same videos with subset names ``mapping[old]`` (unmapped subsets kept)."""
+        videos = {k: VideoAnnotation(v.name, mapping.get(v.subset, v.subset), v.duration, v.fps, v.segments, v.labels)
+                  for k, v in self.videos.items()}
+        return AnnotationSet(self.classes, videos, self.source)
+
     def video_labels(self, name: str) -> np.ndarray:
         """Multi-hot (C,) float32 of the classes that occur in the video's instances."""
         out = np.zeros(len(self.classes), np.float32)

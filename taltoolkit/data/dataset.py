@@ -4,22 +4,31 @@ The constructor only records the configuration; annotations and features are rea
 first use, once, for the training and test subsets only. Training videos come through a
 label view (``full | weak | none | semi``); test videos and the evaluator's ground truth
 are always the full annotations.
+
+With ``layout="auto"`` (the configs' default) the public release in ``root`` is recognised
+from its files (:mod:`taltoolkit.data.releases`) and loaded as it is published: its own
+annotation file, file names, split lists and timing; keys left null (``feature_dim``,
+``fps``, ``resize_length``, ``ignore_unannotated``) take the release's values.
 """
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from taltoolkit.data.annotations import AnnotationSet, canonical_name, load_annotations, packaged_annotations
-from taltoolkit.data.errors import DataError
+from taltoolkit.data.errors import DataError, preview
 from taltoolkit.data.readers import WTALC_STEP_S, read_concat, read_split, read_wtalc
+from taltoolkit.data.releases import Release, concat_file_prefix, detect_release, read_split_list, youtube_ids
 from taltoolkit.data.views import label_view
 from taltoolkit.data.writers import GT_FILE, read_layout_meta
 from taltoolkit.registry import register
 from taltoolkit.structures import Video
 
 LAYOUTS = ("wtalc", "split", "concat")
+VIDEO_IDS = ("auto", "release", "youtube")
+log = logging.getLogger("taltoolkit")
 # File names of the public W-TALC joint feature releases.
 _WTALC_FEATURE_FILES = {
     "thumos14": "Thumos14reduced-I3D-JOINTFeatures.npy",
@@ -33,6 +42,14 @@ _ROOT_HINT = {
 }
 
 
+def _has_npy(folder: Path) -> bool:
+    return any(p.suffix == ".npy" for p in folder.iterdir()) if folder.is_dir() else False
+
+
+def _npy_stems_safe(folder: Path) -> set[str]:
+    return {p.name[:-4] for p in folder.iterdir() if p.name.endswith(".npy")} if folder.is_dir() else set()
+
+
 @register("dataset", "tal")
 class TALDataset:
     """A TAL benchmark read from disk: classes, label-viewed train videos, test videos, GT."""
@@ -41,9 +58,9 @@ class TALDataset:
         self,
         name: str,
         root: str | None = None,
-        layout: str = "wtalc",
+        layout: str = "auto",
         annotations: str | None = None,
-        feature_dim: int = 2048,
+        feature_dim: int | None = None,
         train_subset: str = "validation",
         test_subset: str = "test",
         features_file: str | None = None,
@@ -58,15 +75,22 @@ class TALDataset:
         num_segments: int = 750,
         max_seq_len: int = 2304,
         split_dir: str | None = None,
-        ignore_unannotated: bool = False,
+        ignore_unannotated: bool | None = None,
+        features_dir: str | None = None,
+        file_prefix: str | None = None,
+        video_ids: str = "auto",
     ) -> None:
-        if layout not in LAYOUTS:
-            raise DataError(f"dataset {name!r}: unknown layout {layout!r}; set dataset.layout to one of {LAYOUTS}")
+        if layout not in (*LAYOUTS, "auto"):
+            raise DataError(
+                f"dataset {name!r}: unknown layout {layout!r}; set dataset.layout to auto or one of {LAYOUTS}"
+            )
+        if video_ids not in VIDEO_IDS:
+            raise DataError(f"dataset {name!r}: unknown video_ids {video_ids!r}; set dataset.video_ids to one of {VIDEO_IDS}")
         self.name = name
         self.root = None if root in (None, "") else str(root)
-        self.layout = layout
+        self.layout_setting = layout
         self.annotations_path = annotations
-        self.feature_dim = int(feature_dim)
+        self._feature_dim = None if feature_dim is None else int(feature_dim)
         self.train_subset = train_subset
         self.test_subset = test_subset
         self.features_file = features_file
@@ -81,25 +105,78 @@ class TALDataset:
         self.num_segments = int(num_segments)
         self.max_seq_len = int(max_seq_len)
         self.split_dir = split_dir
-        self.ignore_unannotated = bool(ignore_unannotated)
+        self.ignore_unannotated = ignore_unannotated
+        self.features_dir = features_dir
+        self.file_prefix = file_prefix
+        self.video_ids = video_ids
+        self._release: Release | None = None
         self._annotations: AnnotationSet | None = None
         self._videos: list[Video] | None = None
+        self._left_out: set[str] = set()  # annotated videos a split file leaves out
 
     def __repr__(self) -> str:
-        return f"TALDataset(name={self.name!r}, layout={self.layout!r}, root={self.root!r})"
+        return f"TALDataset(name={self.name!r}, layout={self.layout_setting!r}, root={self.root!r})"
+
+    # ------------------------------------------------------------------ release
+    def release(self) -> Release | None:
+        """The release found in ``root`` (None without a root folder)."""
+        if self._release is None:
+            root = Path(self.root).expanduser() if self.root is not None else None
+            if root is None or not root.is_dir():
+                return None
+            key = canonical_name(self.name)
+            preferred = self.features_file or _WTALC_FEATURE_FILES.get(key or "")
+            if self.layout_setting == "auto":
+                rel = detect_release(root, preferred_joint=preferred)
+            else:
+                rel = Release(layout=self.layout_setting, kind=f"dataset.layout={self.layout_setting}")
+                if self.layout_setting == "concat" and self.features_dir is None and not _has_npy(root):
+                    try:  # the ActionFormer folder (annotations/ + <kind>_features/) given with layout=concat
+                        found = detect_release(root)
+                        if found.layout == "concat":
+                            rel = found
+                    except DataError:
+                        pass
+            if self.features_dir is not None:
+                rel.features_dir = self._resolve(self.features_dir, root)
+            self._release = rel
+            for k, v in rel.defaults.items():
+                if getattr(self, k) is None:
+                    setattr(self, k, v)
+            log.info("dataset %s: %s in %s (layout %s)", self.name, rel.kind, root, rel.layout)
+        return self._release
+
+    @property
+    def layout(self) -> str:
+        """The layout in use: ``dataset.layout``, or the one found in ``root`` when it is auto."""
+        if self.layout_setting != "auto":
+            return self.layout_setting
+        rel = self.release()
+        if rel is None:
+            return "auto"
+        return rel.layout
+
+    @property
+    def feature_dim(self) -> int:
+        """``dataset.feature_dim``, or (null) the width of the features on disk."""
+        if self._feature_dim is None:
+            videos = self._load()
+            self._feature_dim = int(videos[0].features.shape[1])
+        return self._feature_dim
 
     # ------------------------------------------------------------------ paths
     def root_path(self) -> Path:
         """The features folder; a missing one is an error explaining ``dataset.root``."""
+        hint = _ROOT_HINT.get(self.layout_setting, "the folder of a feature release (the table in docs/datasets.md)")
         if self.root is None:
             raise DataError(
-                f"dataset {self.name!r} needs its features: set dataset.root=DIR to {_ROOT_HINT[self.layout]} "
+                f"dataset {self.name!r} needs its features: set dataset.root=DIR to {hint} "
                 "(layouts and where to get features: docs/datasets.md), or use dataset=synthetic"
             )
         root = Path(self.root).expanduser()
         if not root.is_dir():
             raise DataError(
-                f"dataset.root {root} is not a folder: set dataset.root=DIR to {_ROOT_HINT[self.layout]} "
+                f"dataset.root {root} is not a folder: set dataset.root=DIR to {hint} "
                 "(see docs/datasets.md), or run tools/make_synthetic.py"
             )
         return root
@@ -123,6 +200,10 @@ class TALDataset:
         root = Path(self.root).expanduser() if self.root is not None else None
         if self.annotations_path:
             return self._resolve(self.annotations_path, root)
+        rel = self.release()
+        if rel is not None and rel.annotations is not None and rel.layout != "split":
+            # The annotation file released with the features: its names, order, subsets and fps.
+            return rel.annotations
         key = canonical_name(self.name)
         if key is not None:
             packaged = packaged_annotations(key)
@@ -144,6 +225,9 @@ class TALDataset:
         root = self.root_path()
         if self.features_file:
             return self._resolve(self.features_file, root)
+        rel = self.release()
+        if rel is not None and rel.features_file is not None:
+            return rel.features_file
         key = canonical_name(self.name)
         fname = _WTALC_FEATURE_FILES.get(key or "", f"{self._file_name()}-I3D-JOINTFeatures.npy")
         path = root / fname
@@ -160,8 +244,41 @@ class TALDataset:
     @property
     def annotations(self) -> AnnotationSet:
         if self._annotations is None:
-            self._annotations = load_annotations(self.annotations_file())
+            path = self.annotations_file()
+            ann = self._match_subset_case(load_annotations(path))
+            if self._use_youtube_ids():
+                mapping = youtube_ids(path)
+                if mapping:
+                    ann = ann.renamed(mapping)
+                    log.info("dataset %s: videos renamed to their YouTube ids (from %s; dataset.video_ids=release "
+                             "keeps the release's names)", self.name, path)
+                elif self.video_ids == "youtube":
+                    raise DataError(f"{path} gives no YouTube URL per video; set dataset.video_ids=release")
+            self._annotations = ann
         return self._annotations
+
+    def _use_youtube_ids(self) -> bool:
+        # The W-TALC ActivityNet 1.2 release names videos video_<n>; the official ground truth
+        # and every results file use YouTube ids, so predictions are written with those.
+        if self.video_ids == "auto":
+            return self.root is not None and self.layout == "wtalc"
+        return self.video_ids == "youtube"
+
+    def _match_subset_case(self, ann: AnnotationSet) -> AnnotationSet:
+        """``Validation``/``Test`` (ActionFormer's THUMOS'14 JSON) match dataset.train_subset/test_subset."""
+        have = ann.subsets()
+        rename: dict[str, str] = {}
+        for want in (self.train_subset, self.test_subset):
+            if want in have:
+                continue
+            same = [s for s in have if s.lower() == want.lower()]
+            if len(same) == 1:
+                rename[same[0]] = want
+        if not rename:
+            return ann
+        log.info("dataset %s: subsets %s of %s read as %s", self.name, sorted(rename), ann.source,
+                 [rename[k] for k in sorted(rename)])
+        return ann.with_subsets(rename)
 
     @property
     def classes(self) -> list[str]:
@@ -178,7 +295,7 @@ class TALDataset:
         problems = []
         if meta.get("layout") != self.layout:
             problems.append(f"dataset.layout={meta.get('layout')}")
-        if "feature_dim" in meta and int(meta["feature_dim"]) != self.feature_dim:
+        if "feature_dim" in meta and self._feature_dim is not None and int(meta["feature_dim"]) != self._feature_dim:
             problems.append(f"dataset.feature_dim={meta['feature_dim']}")
         if self.layout in ("wtalc", "split"):
             for key in ("step_s", "offset_s"):
@@ -198,27 +315,42 @@ class TALDataset:
         if self._videos is not None:
             return self._videos
         root = self.root_path()
+        rel = self.release()
         self._check_layout_meta(root)
         ann = self.annotations
         subsets = list(dict.fromkeys([self.train_subset, self.test_subset]))
+        ignore = bool(self.ignore_unannotated)
         if self.layout == "wtalc":
             videos = read_wtalc(
-                self.wtalc_features_file(), ann, self.feature_dim, step_s=self.step_s, offset_s=self.offset_s,
+                self.wtalc_features_file(), ann, self._feature_dim, step_s=self.step_s, offset_s=self.offset_s,
                 videos_subset=subsets,
             )
         elif self.layout == "split":
             folders = self.split_folders
             if folders is None:
                 folders = read_layout_meta(root).get("split_folders") or {self.train_subset: "train", self.test_subset: "test"}
+            # BaS-Net/CASE: split_<folder>.txt says which videos belong to each folder.
+            lists = {f: read_split_list(root / f"split_{f}.txt") for f in dict.fromkeys(folders.values())
+                     if (root / f"split_{f}.txt").is_file()}
             videos = read_split(
-                root, ann, self.feature_dim, subsets=folders, modalities=self.modalities, step_s=self.step_s,
-                offset_s=self.offset_s, videos_subset=subsets, ignore_unannotated=self.ignore_unannotated,
+                root, ann, self._feature_dim, subsets=folders, modalities=self.modalities, step_s=self.step_s,
+                offset_s=self.offset_s, videos_subset=subsets, ignore_unannotated=ignore, split_lists=lists,
             )
+            kept = {v.name for v in videos}
+            self._left_out = {a.name for a in ann.select(subsets).videos.values()
+                              if a.name not in kept and folders.get(a.subset) in lists}
+            if self._left_out:
+                log.info("dataset %s: %d annotated video(s) are not in the release's split files and are left out "
+                         "of training and evaluation: %s", self.name, len(self._left_out), preview(sorted(self._left_out)))
         else:
+            fdir = rel.features_dir if rel is not None and rel.features_dir is not None else root
+            prefix = self.file_prefix
+            if prefix is None:
+                prefix = concat_file_prefix(list(ann.select(subsets).videos), _npy_stems_safe(fdir))
             videos = read_concat(
-                root, ann, self.feature_dim, feature_stride=self.feature_stride, snippet_frames=self.snippet_frames,
+                fdir, ann, self._feature_dim, feature_stride=self.feature_stride, snippet_frames=self.snippet_frames,
                 fps=self.fps, resize_length=self.resize_length, videos_subset=subsets,
-                ignore_unannotated=self.ignore_unannotated,
+                ignore_unannotated=ignore, file_prefix=prefix,
             )
         self._videos = videos
         return videos
@@ -263,5 +395,8 @@ class TALDataset:
             raise DataError(
                 f"subset {subset!r} not in {self.annotations.source}; it has {self.annotations.subsets()}"
             )
-        return self.annotations.to_database(subset)
+        if self.root is not None and self.layout == "split":
+            self._load()  # the split files decide which videos the subset has
+        db = self.annotations.to_database(subset)
+        return {k: v for k, v in db.items() if k not in self._left_out}
 

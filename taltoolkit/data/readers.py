@@ -70,8 +70,8 @@ def _check_array(feats: np.ndarray, name: str, path: Path | str) -> None:
         raise DataError(f"features of video {name!r} in {path} are empty (T=0); remove the video or re-extract it")
 
 
-def _check_dim(dim: int, feature_dim: int, name: str, path: Path | str) -> None:
-    if dim != feature_dim:
+def _check_dim(dim: int, feature_dim: int | None, name: str, path: Path | str) -> None:
+    if feature_dim is not None and dim != feature_dim:
         raise DataError(
             f"features of video {name!r} in {path} have {dim} channels but feature_dim={feature_dim}: "
             f"set dataset.feature_dim={dim} (or point dataset.root at features of dimension {feature_dim})"
@@ -141,7 +141,7 @@ def _npy_stems(folder: Path) -> set[str]:
 def read_wtalc(
     features_file: str | os.PathLike,
     annotations: AnnotationSet,
-    feature_dim: int = 2048,
+    feature_dim: int | None = 2048,
     step_s: float = WTALC_STEP_S,
     offset_s: float = 0.0,
     videos_subset: Iterable[str] | str | None = None,
@@ -151,6 +151,7 @@ def read_wtalc(
     The file has no names: array ``i`` belongs to the ``i``-th video of ``annotations``,
     which must therefore be the annotation set released with it (same ``videoname.npy``
     order). ``videos_subset`` keeps only the given subsets (the whole file is still read).
+    ``feature_dim=None`` takes the width of the first video (every video must share it).
     """
     path = Path(features_file)
     if not path.is_file():
@@ -194,6 +195,8 @@ def read_wtalc(
         arr = np.asarray(joint[i])
         where = f"{path} (entry {i})"
         _check_array(arr, ann.name, where)
+        if feature_dim is None:
+            feature_dim = int(arr.shape[1])
         _check_dim(arr.shape[1], feature_dim, ann.name, where)
         feats = np.ascontiguousarray(arr, dtype=np.float32)
         _check_finite(feats, ann.name, where)
@@ -205,19 +208,23 @@ def read_wtalc(
 def read_split(
     root: str | os.PathLike,
     annotations: AnnotationSet,
-    feature_dim: int = 2048,
+    feature_dim: int | None = 2048,
     subsets: Mapping[str, str] | None = None,
     modalities: Sequence[str] = ("rgb", "flow"),
     step_s: float = WTALC_STEP_S,
     offset_s: float = 0.0,
     videos_subset: Iterable[str] | str | None = None,
     ignore_unannotated: bool = False,
+    split_lists: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Video]:
     """Read BaS-Net/CASE per-video features ``root/features/<split>/<modality>/<video>.npy``.
 
     ``subsets`` maps an annotation subset to its split folder, e.g.
     ``{"validation": "train", "test": "test"}`` for THUMOS'14 (None: folder = subset name).
-    Modalities are concatenated on the channel axis in the given order.
+    Modalities are concatenated on the channel axis in the given order. ``split_lists`` maps
+    a split folder to the videos its ``split_<split>.txt`` lists: only those are read from it
+    (annotated videos the release leaves out, e.g. BaS-Net's excluded test videos, are
+    skipped); a listed video without annotation is an error.
     """
     root = Path(root)
     selected = _selected(annotations, videos_subset)
@@ -232,6 +239,19 @@ def read_split(
         )
     if not modalities:
         raise DataError("read_split needs at least one modality, e.g. modalities=('rgb', 'flow')")
+    if split_lists:
+        for split, names in split_lists.items():
+            listed = set(names)
+            in_folder = {a.name for a in annotations.videos.values() if subsets.get(a.subset) == split}
+            unknown = sorted(listed - in_folder)
+            if unknown:
+                raise DataError(
+                    f"{root / f'split_{split}.txt'} lists {len(unknown)} video(s) that "
+                    f"{annotations.source or 'the annotations'} do not annotate in a subset mapped to features/{split}: "
+                    f"{preview(unknown)}; use the annotations released with the features (dataset.annotations=...) "
+                    f"or check dataset.split_folders (now {dict(subsets)})"
+                )
+        selected = [a for a in selected if subsets[a.subset] not in split_lists or a.name in set(split_lists[subsets[a.subset]])]
 
     # Check every folder and both directions of name matching before reading any data.
     by_folder: dict[str, list[VideoAnnotation]] = {}
@@ -270,7 +290,7 @@ def read_split(
             )
         shapes = [(p, tuple(f.shape)) for p, f in parts]
         dim = sum(f.shape[1] for _, f in parts)
-        if dim != feature_dim:
+        if feature_dim is not None and dim != feature_dim:
             # Name every modality's file and shape: one file with extra channels is a broken
             # file, not a reason to change dataset.feature_dim to the sum.
             raise DataError(
@@ -297,7 +317,7 @@ def read_split(
                 f"but those of video {ref_video.name!r} are {list(common)} ({files(ref_shapes)}); re-extract the "
                 "video whose widths are wrong"
             )
-    return [video for video, _ in loaded]
+    return _same_width([video for video, _ in loaded], feature_dim)
 
 
 # --------------------------------------------------------------------------- concat per video
@@ -334,20 +354,25 @@ def resample_steps(feats: np.ndarray, length: int) -> np.ndarray:
 def read_concat(
     root: str | os.PathLike,
     annotations: AnnotationSet,
-    feature_dim: int = 2048,
+    feature_dim: int | None = 2048,
     feature_stride: int | float = 4,
     snippet_frames: int | float = 16,
     fps: float | None = None,
     resize_length: int | None = None,
     videos_subset: Iterable[str] | str | None = None,
     ignore_unannotated: bool = False,
+    file_prefix: str = "",
 ) -> list[Video]:
-    """Read ActionFormer-style per-video features ``root/<video>.npy`` of shape ``(T, D)``.
+    """Read ActionFormer-style per-video features ``root/<file_prefix><video>.npy`` of shape ``(T, D)``.
 
     Timing: ``step_s = feature_stride / fps`` and ``offset_s = (snippet_frames / 2 -
     feature_stride / 2) / fps`` where fps is ``fps`` if given, else the video's fps from the
     annotations, else 30. With ``resize_length = L`` (ActivityNet) each video is resampled to
-    ``L`` steps when it has a different length and ``step_s = duration / L``, ``offset_s = 0``.
+    ``L`` steps when it has a different length and ``step_s = duration / L``, ``offset_s = 0``;
+    with ``fps`` given as well, the stored steps span ``((T - 1) * feature_stride +
+    snippet_frames) / fps`` seconds and ``step_s`` is that span over ``L`` (ActionFormer's
+    ``force_upsampling``, e.g. TSP features at 15 fps). ``file_prefix`` is what file names add
+    to video names (``'v_'`` in ActionFormer's ActivityNet release).
     """
     root = Path(root)
     if not root.is_dir():
@@ -358,24 +383,44 @@ def read_concat(
     if resize_length is not None and resize_length < 1:
         raise DataError(f"resize_length must be a positive number of steps, got {resize_length}; set dataset.resize_length")
     selected = _selected(annotations, videos_subset)
-    present = _npy_stems(root)
+    stems = _npy_stems(root)
+    present = {s[len(file_prefix):] for s in stems if s.startswith(file_prefix)}
     missing = [a.name for a in selected if a.name not in present]
     if missing:
-        raise _missing_error(missing, len(selected), root, "add the files or point dataset.root at the right folder")
-    extra = sorted(present - set(annotations.videos))
+        raise _missing_error(missing, len(selected), root, "add the files, point dataset.root at the right folder"
+                             + (f" or check dataset.file_prefix={file_prefix!r}" if file_prefix else ""))
+    extra = sorted(file_prefix + n for n in present - set(annotations.videos)) + sorted(
+        s for s in stems if not s.startswith(file_prefix))
     if extra and not ignore_unannotated:
         raise _extra_error(extra, root, annotations)
 
     def load(a: VideoAnnotation) -> Video:
-        path = root / f"{a.name}.npy"
+        path = root / f"{file_prefix}{a.name}.npy"
         feats = load_feature_file(path, a.name)  # (T, D)
         _check_dim(feats.shape[1], feature_dim, a.name, path)
         video_fps = fps if fps is not None else (a.fps if a.fps is not None else CONCAT_DEFAULT_FPS)
         if resize_length is not None:
+            if fps is not None:
+                span = ((feats.shape[0] - 1) * feature_stride + snippet_frames) / float(fps)
+            else:
+                span = float(a.duration)
             feats = resample_steps(feats, int(resize_length))
-            step, offset = float(a.duration) / int(resize_length), 0.0
+            step, offset = span / int(resize_length), 0.0
         else:
             step, offset = concat_timing(feature_stride, snippet_frames, float(video_fps))
         return _make_video(a, feats, annotations, step, offset, a.fps if a.fps is not None else video_fps)
 
-    return _ordered_map(load, selected)
+    return _same_width(_ordered_map(load, selected), feature_dim)
+
+
+def _same_width(videos: list[Video], feature_dim: int | None) -> list[Video]:
+    """With ``feature_dim=None`` every video must still have the first one's width."""
+    if feature_dim is None and videos:
+        first = videos[0]
+        for v in videos:
+            if v.features.shape[1] != first.features.shape[1]:
+                raise DataError(
+                    f"features of video {v.name!r} have {v.features.shape[1]} channels but those of {first.name!r} "
+                    f"have {first.features.shape[1]}; re-extract the video whose width is wrong"
+                )
+    return videos
