@@ -83,12 +83,26 @@ class Evaluator:
         return {v.name: d for v, (d, _) in zip(self.videos, pairs)}, [out for _, out in pairs]
 
     def _postprocess(self, video: Video, out: dict[str, Any]) -> Detections:
+        extra: dict[str, Any] = {}
+        if self._wants_video():
+            # e.g. segment_postprocess with external_scores: per-video class scores by name
+            extra = {"video": video.name, "classes": list(self.classes)}
         return self.postprocess(
             **{k: v for k, v in out.items() if not k.startswith("_")},
             step_s=video.step_s * out.get("_step_scale", 1.0),
             offset_s=video.offset_s,
             duration=video.duration,
+            **extra,
         )
+
+    def _wants_video(self) -> bool:
+        import inspect
+
+        try:
+            params = inspect.signature(self.postprocess).parameters
+        except (TypeError, ValueError):
+            return False
+        return "video" in params and "classes" in params
 
     def evaluate(self, method: Method) -> tuple[dict[str, Any], dict[str, Detections], list[dict[str, Any]]]:
         """mAP of ``method`` on the videos. Under torchrun every rank must call it: the

@@ -355,6 +355,11 @@ def segment_postprocess(
     max_seg_num: int = 200,
     multiclass: bool = True,
     voting_thresh: float = 0.0,
+    external_scores: Optional[str] = None,
+    external_topk: int = 2,
+    external_num_proposals: Optional[int] = 200,
+    video: Optional[str] = None,
+    classes: Optional[Sequence[str]] = None,
 ) -> Detections:
     """ActionFormer-style post-processing of regressed segments -> Detections in seconds.
 
@@ -378,8 +383,26 @@ def segment_postprocess(
        multiclass NMS): kept segments become the score x IoU weighted mean of the candidates
        with IoU >= ``voting_thresh``;
     5. sort by score, keep ``max_seg_num``, map to seconds, clip below at 0 and, when
-       ``duration`` is given, above at ``duration``.
+       ``duration`` is given, above at ``duration``;
+    6. with ``external_scores=PATH`` (ActivityNet's fused protocol, :mod:`.fusion`): NMS is
+       class-agnostic and the kept segments are proposals whose classes and scores come from
+       the external video-level scores of ``video`` (``external_topk`` classes, the
+       ``external_num_proposals`` best proposals; ``classes`` names the dataset's classes).
     """
+    if external_scores:
+        if video is None or classes is None:
+            raise ValueError("postprocess.external_scores needs the video name and the class list (the evaluator "
+                             "passes them)")
+        from taltoolkit.postprocess.fusion import fuse_external_scores
+
+        proposals = segment_postprocess(
+            segments, scores, labels, step_s=step_s, offset_s=offset_s, duration=duration,
+            pre_nms_thresh=pre_nms_thresh, pre_nms_topk=pre_nms_topk, duration_thresh=duration_thresh,
+            nms_method=nms_method, iou_threshold=iou_threshold, sigma=sigma, min_score=min_score,
+            max_seg_num=max_seg_num, multiclass=False, voting_thresh=voting_thresh,
+        )
+        return fuse_external_scores(proposals, video, external_scores, classes, topk=external_topk,
+                                    num_proposals=external_num_proposals)
     if nms_method not in _NMS_KINDS:
         raise ValueError(f"nms_method must be one of {_NMS_KINDS}, got {nms_method!r}")
     segs = _np(segments).reshape(-1, 2)
