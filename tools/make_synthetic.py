@@ -91,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
     videos, classes = generate_synthetic(**params)
     t_gen = time.time() - t0
     timing = concat_write_params(args.step_s, args.offset_s, videos[0].fps) if args.layout == "concat" else {}
+    subset_names = list(dict.fromkeys(v.subset for v in videos))
+    train_subset, test_subset = train_test_subsets(preset, subset_names)
+    extra: dict = {}
+    if args.layout == "split":
+        # The real BaS-Net/CASE folder names (features/train, features/test) and split_<folder>.txt.
+        extra["subsets"] = {s: ("train" if s == train_subset else "test" if s == test_subset else s)
+                            for s in subset_names}
     try:
         out = write_layout(videos, classes, args.out, args.layout, name=args.name, overwrite=args.overwrite,
-                           **timing)
+                           **timing, **extra)
     except FileExistsError as e:
         print(f"make_synthetic.py: error: {e}", file=sys.stderr)
         return 2
@@ -106,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     print(format_statistics(stats))
     if args.layout == "concat":
         print("read back with: " + json.dumps(timing))
+    over = [f"dataset.root={out}", f"dataset.train_subset={train_subset}", f"dataset.test_subset={test_subset}"]
+    if args.layout in ("wtalc", "split") and (args.step_s != 0.64 or args.offset_s != 0.0):
+        over += [f"dataset.step_s={args.step_s}", f"dataset.offset_s={args.offset_s}"]
+    for key in ("feature_stride", "snippet_frames", "fps", "resize_length"):
+        if key in timing:
+            over.append(f"dataset.{key}={'null' if timing[key] is None else timing[key]}")
+    print("train and evaluate on it with:\n    python tools/run.py method=case dataset=custom " + " ".join(over))
     return 0
 
 

@@ -124,6 +124,8 @@ def foreign_files(folder: Path) -> list[str]:
         elif layout == "wtalc":
             ok = (rel.as_posix() == f"{name}-I3D-JOINTFeatures.npy" or (top == f"{name}-Annotations" and (
                 len(rel.parts) == 1 or (len(rel.parts) == 2 and rel.name in _WTALC_ANNOTATION_FILES))))
+        elif layout == "split" and len(rel.parts) == 1 and rel.name.startswith("split_") and rel.suffix == ".txt":
+            ok = True
         elif layout == "split":
             ok = top == "features" and (len(rel.parts) < 4 or (len(rel.parts) == 4 and rel.suffix == ".npy"
                                                                 and rel.stem in videos))
@@ -316,6 +318,10 @@ def write_layout(
                     folder = tmp / "features" / split / mod
                     folder.mkdir(parents=True, exist_ok=True)
                     np.save(folder / f"{v.name}.npy", np.ascontiguousarray(f32[:, lo:hi]))
+            for split in dict.fromkeys(meta["split_folders"].values()):
+                # BaS-Net/CASE's split_<folder>.txt: the videos of each feature folder
+                names = [v.name for v in videos if meta["split_folders"][v.subset] == split]
+                (tmp / f"split_{split}.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
         else:
             for v in videos:
                 np.save(tmp / f"{v.name}.npy", np.ascontiguousarray(v.features, np.float32))
