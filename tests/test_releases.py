@@ -173,9 +173,9 @@ def test_make_synthetic_split_writes_the_real_folders_and_its_command_works(comp
                                 "--feature-dim", "8", "--num-classes", "3", "--max-steps", "40"]) == 0
     assert sorted(p.name for p in (out / "features").iterdir()) == ["test", "train"]
     assert len((out / "split_train.txt").read_text().split()) == 6
-    printed = [ln for ln in capsys.readouterr().out.splitlines() if "tools/run.py" in ln]
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if "taltoolkit-run " in ln]
     assert printed, "make_synthetic prints the command that reads the folder"
-    over = printed[-1].split("tools/run.py", 1)[1].split()
+    over = printed[-1].split("taltoolkit-run", 1)[1].split()
     import taltoolkit
 
     metrics = taltoolkit.run(compose([*over, f"output_dir={tmp_path / 'run'}", *RUN_SIZE, *TINY_WTAL]))

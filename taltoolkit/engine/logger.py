@@ -24,8 +24,11 @@ class RunLogger:
             return cls(None)
         try:
             import wandb
-        except ImportError as e:  # pragma: no cover - wandb is a declared dependency
-            raise RuntimeError("logger=wandb needs the wandb package: pip install wandb") from e
+        except ImportError:  # pragma: no cover - wandb is the optional extra taltoolkit[wandb]
+            from taltoolkit.data.errors import ConfigError
+
+            raise ConfigError('logger=wandb needs the wandb package: pip install "taltoolkit[wandb]" (or wandb), '
+                              "or use logger=none") from None
         run = wandb.init(
             project=cfg.get("project", "taltoolkit"),
             mode=cfg.get("mode", "offline"),  # offline unless the user asks for online
