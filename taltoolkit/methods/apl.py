@@ -467,10 +467,7 @@ class APL(ActionFormerMethod):
                 soft[pos] = cls_t[pos] * (t_iou - t_nd).clamp(min=self.joint_eps)[:, None]  # DIoU soft label
             tiou_lg, tnd_lg = self.flat(out["tiou_logits"]).float(), self.flat(out["tnd_logits"]).float()  # (B, P)
             joint = joint_score(torch.sigmoid(logits), torch.sigmoid(tiou_lg), torch.sigmoid(tnd_lg), self.joint_eps)
-            cls_el = quality_focal_loss(joint, soft, self.qfl_beta)  # Eq. 5, (B, P, C)
-            if self.alqa_alpha is not None:  # the baseline's alpha, interpolated on soft labels as its FL does
-                cls_el = cls_el * (self.alqa_alpha * soft + (1 - self.alqa_alpha) * (1 - soft))
-            cls_el = cls_el.sum(-1)  # (B, P)
+            cls_el = self.alqa_cls_loss(joint, soft).sum(-1)  # Eq. 5, (B, P)
             if bool(pos.any()):
                 locq_el[pos] = (F.binary_cross_entropy_with_logits(tiou_lg[pos], t_iou, reduction="none")
                                 + F.binary_cross_entropy_with_logits(tnd_lg[pos], t_nd, reduction="none"))  # Eq. 3
@@ -490,6 +487,19 @@ class APL(ActionFormerMethod):
         if self.use_alqa:
             out_losses["locq_loss"] = locq_loss
         return out_losses
+
+    def alqa_cls_loss(self, joint: Tensor, soft: Tensor) -> Tensor:
+        """Eq. 5 element-wise: focal loss of the joint score (..., C) against the DIoU soft label (..., C).
+
+        QFL (ref. [17]): ``|q - p|^qfl_beta BCE(p, q)``, minimal at ``p = q``. With
+        ``alqa_alpha`` it is weighted by ``alpha q + (1 - alpha)(1 - q)``, the baseline focal
+        loss's alpha interpolated on soft labels as its implementation does; on one-hot labels
+        it is then ActionFormer's focal loss (alpha, gamma = qfl_beta) of the joint score.
+        """
+        loss = quality_focal_loss(joint, soft, self.qfl_beta)
+        if self.alqa_alpha is not None:
+            loss = loss * (self.alqa_alpha * soft + (1 - self.alqa_alpha) * (1 - soft))
+        return loss
 
     def ignore_mask(self, out: dict[str, Any], batch: dict[str, Any]) -> Tensor:
         """(B, P) True at the points of pseudo-labelled videos inside an ignore region.
