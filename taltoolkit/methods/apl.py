@@ -10,14 +10,21 @@ checkpoints:
 2. ``supervised``: the labelled videos only (``context.set_train_videos``): detection loss
    (ALQA's Eq. 3-5 with ``use_alqa``, else ActionFormer's focal + DIoU), ``lambda_acp`` x ACP
    with ground-truth frame labels, and the ICD loss (Eq. 8) on labelled instances.
-3. ``semi`` (``rounds`` times): pseudo-label the unlabelled videos with the current network
+3. ``semi`` (``rounds`` times): pseudo-label the unlabelled videos with the EMA network
    (``context.predict``): Soft-NMS through the shared post-processor, ALQA's adaptive split
-   (Eq. 6) or the fixed threshold of Table 2's baseline, ICD refinement (EAP / MPP), then train
-   on labelled + pseudo-labelled videos with Eq. 12 (``beta`` on the unlabelled part).
+   (Eq. 6, tau_pos pooled or per video, guarded by a minimum count) or the fixed threshold of
+   Table 2's baseline, ICD refinement (EAP / MPP), then train on labelled + pseudo-labelled
+   videos with Eq. 12 (``beta`` on the unlabelled part; with ``ignore_uncertain`` the points
+   inside unselected predictions above tau_neg get no classification loss).
 
-Pseudo-label quality against the hidden ground truth (Fig. 3(c)) goes to ``stage_metrics``;
-the pseudo-labels themselves go to the checkpoint (``extra_state``) so a resumed semi stage
-trains on the same ones. Choices the paper leaves open are marked "choice" and listed in
+The EMA restarts from the live weights when the supervised stage starts (``ema_reset``) and,
+with ``ema_bias_correction``, is the normalised average of the steps since then, so the
+network that pseudo-labels holds neither the random initialisation nor the ACP weights.
+
+Pseudo-label quality against the hidden ground truth goes to ``stage_metrics``, including
+Fig. 3(c)'s comparison of both selection rules on the same pool (``fig3c``); it is computed
+after the selection and never trains. The pseudo-labels, ignore regions and EMA step count go
+to the checkpoint (``extra_state``) so a resumed semi stage trains on the same ones. Choices the paper leaves open are marked "choice" and listed in
 docs/methods/apl.md.
 """
 from __future__ import annotations

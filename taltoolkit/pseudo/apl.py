@@ -1,8 +1,10 @@
 """APL's pseudo-label makers (Zhou, Williams and Rahmani, ECCV 2024; ../shared/papers/apl.txt).
 
 - ALQA (Sec. 3.1): :func:`joint_score` (Eq. 4), :func:`adaptive_split` (Eq. 6: tau_neg fixed,
-  tau_pos from the mean and standard deviation of the remaining joint scores) and
-  :func:`fixed_split` (Table 2's baseline: a fixed confidence threshold).
+  tau_pos from the mean and standard deviation of the remaining joint scores, a stated
+  fallback below a minimum count), :func:`adaptive_split_videos` (the same, pooled over the
+  unlabelled videos or per video) and :func:`fixed_split` (Table 2's baseline: a fixed
+  confidence threshold).
 - ICD (Sec. 3.2): :class:`ConsistencyDiscriminator` (Eq. 9), :func:`instance_features`
   (the MaxPool ``MAP`` over an instance's input features), :func:`icd_loss` (Eq. 7-8),
   :func:`icd_similarity` (Eq. 10) and :func:`icd_refine` (removing ambiguous positives, EAP,
