@@ -24,8 +24,8 @@ network that pseudo-labels holds neither the random initialisation nor the ACP w
 Pseudo-label quality against the hidden ground truth goes to ``stage_metrics``, including
 Fig. 3(c)'s comparison of both selection rules on the same pool (``fig3c``); it is computed
 after the selection and never trains. The pseudo-labels, ignore regions and EMA step count go
-to the checkpoint (``extra_state``) so a resumed semi stage trains on the same ones. Choices the paper leaves open are marked "choice" and listed in
-docs/methods/apl.md.
+to the checkpoint (``extra_state``) so a resumed semi stage trains on the same ones. Choices
+the paper leaves open are marked "choice" and listed in docs/methods/apl.md.
 """
 from __future__ import annotations
 
