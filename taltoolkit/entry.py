@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from taltoolkit.atomicio import atomic_write_text
+
 log = logging.getLogger("taltoolkit")
 
 
@@ -384,9 +386,7 @@ def _split_held_out(videos, fraction: float, seed: int):  # noqa: ANN001, ANN202
 
 
 def dump_json(path: Path, obj: Any) -> None:
-    from taltoolkit.engine.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, lambda f: f.write(json.dumps(obj, indent=2, default=_json_default).encode()))
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
 
 
 def _json_default(o: Any) -> Any:

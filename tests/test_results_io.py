@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import taltoolkit.postprocess.results_io as rio
 from taltoolkit.postprocess.results_io import ResultsFormatError, read_results_json, write_results_json
 from taltoolkit.structures import Detections
 
@@ -69,11 +68,12 @@ def test_crash_during_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     write_results_json(path, make_dets(1), CLASSES)
     before = path.read_bytes()
 
-    def crash(doc, f, **kw):
-        f.write('{"version": "half')
+    import taltoolkit.atomicio as atomicio
+
+    def crash(fd):  # the new text is in the temporary file, not yet renamed over p.json
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(rio.json, "dump", crash)
+    monkeypatch.setattr(atomicio.os, "fsync", crash)
     with pytest.raises(KeyboardInterrupt):
         write_results_json(path, make_dets(2), CLASSES)
     assert path.read_bytes() == before

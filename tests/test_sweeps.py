@@ -148,7 +148,6 @@ def test_every_method_runs_as_a_seed_sweep(tmp_path, method):
 def test_summary_files_are_written_atomically(tmp_path, monkeypatch):
     """A summary re-written while someone reads it (or a crash mid-write) never leaves a
     half-written file: the new text goes to a temporary sibling that is renamed over it."""
-    import taltoolkit.engine.sweep as sweep
 
     for i, avg in enumerate([10.0, 20.0]):
         job = tmp_path / str(i)
@@ -167,7 +166,9 @@ def test_summary_files_are_written_atomically(tmp_path, monkeypatch):
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(sweep.os, "replace", crash)
+    import taltoolkit.atomicio as atomicio  # the one atomic writer every output goes through
+
+    monkeypatch.setattr(atomicio.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         summarize_runs(tmp_path)
     assert {n: (tmp_path / n).read_bytes() for n in before} == before  # the previous summary, whole

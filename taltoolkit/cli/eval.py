@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from taltoolkit.atomicio import atomic_write_text
 from taltoolkit.evaluation.detection import (  # noqa: E402
     DEFAULT_TIOU_THRESHOLDS,
     DetectionResult,
@@ -158,23 +159,6 @@ def format_table(res: DetectionResult, per_class: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _write_json_atomic(path: str, obj: Any) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # Mode 0666 minus the umask, as open() would give (mkstemp's 0600 would differ from the
-    # other outputs); O_EXCL on a unique name keeps the temporary file private to this call.
-    tmp = os.path.join(folder, f".metrics-{os.getpid()}-{os.urandom(4).hex()}.json")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="eval.py",
@@ -241,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
         print(format_table(res, per_class=args.per_class))
     if args.out:
         try:
-            _write_json_atomic(args.out, metrics)
+            atomic_write_text(args.out, json.dumps(metrics, indent=2))
         except OSError as e:
             raise CliError(f"{args.out}: cannot write the metrics ({e.strerror}); "
                            "choose a writable --out path") from None

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from taltoolkit.atomicio import atomic_write_bytes, atomic_write_text
 from taltoolkit.data.annotations import AnnotationSet, load_activitynet_json, load_wtalc_annotations
 from taltoolkit.data.errors import DataError, preview
 from taltoolkit.data.readers import WTALC_STEP_S, concat_timing, read_concat, read_split, read_wtalc
@@ -32,23 +33,8 @@ GT_FILE = "gt.json"
 
 # --------------------------------------------------------------------------- atomic helpers
 def _tmp_sibling(path: Path) -> Path:
+    """A unique sibling name, to stage a folder and rename it into place."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via a temporary name and ``os.replace`` (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -56,17 +42,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray, allow_pickle: bool = False) -> None:
-    """``np.save`` via a temporary name and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=allow_pickle)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """``np.save`` through the atomic writer."""
+    atomic_write_bytes(path, lambda f: np.save(f, array, allow_pickle=allow_pickle))
 
 
 def _publish_dir(tmp: Path, out: Path, overwrite: bool) -> None:

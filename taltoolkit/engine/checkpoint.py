@@ -20,15 +20,15 @@ import math
 import os
 import pickle
 import random
-import uuid
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
+from taltoolkit.atomicio import atomic_write_bytes  # re-exported: the one atomic writer
 from taltoolkit.data.errors import CheckpointError, CheckpointNotFoundError
 
 FORMAT = "taltoolkit-checkpoint"
@@ -36,29 +36,6 @@ FORMAT_VERSION = 2
 META_KEY = "_taltoolkit"  # the format record: format, version, kind, method, config
 DIGEST_KEY = "_sha256"  # hex digest of everything else in the file
 _NDARRAY = "__ndarray__"  # marker of an encoded numpy array
-
-
-def atomic_write_bytes(path: str | os.PathLike, write: Callable[[BinaryIO], Any]) -> None:
-    """Write through ``write(f)`` into a temporary sibling, fsync, then rename over ``path``.
-
-    The temporary file is created with mode 0666 and the process umask applies, exactly as
-    for ``open(path, "w")`` (``tempfile.mkstemp`` would give 0600, so outputs of one run
-    would differ in mode).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------- RNG state

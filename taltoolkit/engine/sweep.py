@@ -13,10 +13,11 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from taltoolkit.atomicio import atomic_write_text
 
 log = logging.getLogger("taltoolkit")
 
@@ -84,33 +85,15 @@ def summarize_runs(sweep_dir: str | Path, write: bool = True) -> list[dict[str, 
         row["runs"] = [r["dir"] for r in runs]
         rows.append(row)
     if write and rows:
-        _atomic_write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2))
+        atomic_write_text(sweep_dir / "summary.json", json.dumps(rows, indent=2))
         columns = [k for k in rows[0] if k != "runs"]
         buf = io.StringIO(newline="")
         w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: (" ".join(map(str, r[k])) if isinstance(r.get(k), list) else r.get(k)) for k in columns})
-        _atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
+        atomic_write_text(sweep_dir / "summary.csv", buf.getvalue())
     return rows
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Temporary sibling + ``os.replace``, like every other output: a summary re-written after
-    more jobs finished is never seen half-written (stdlib only, so this module stays light).
-    Mode 0666 minus the umask, as ``open()`` gives."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from taltoolkit.losses.mil import topk_mil_pool, video_ce_loss
+from taltoolkit.losses.mil import topk_count, topk_mil_indices, topk_mil_pool, video_ce_loss
 
 Tensor = torch.Tensor
 
@@ -67,31 +67,17 @@ def topk_counts(lengths: Tensor, divisor: int) -> Tensor:
     Shapes: lengths (B,) long, each video's number of real steps -> (B,) long. ACM-Net
     computes ``max(temp_len // ins_topk_seg, 1)`` on the (unpadded) sequence it is given.
     """
-    if int(divisor) != divisor or divisor < 1:
-        raise ValueError(f"top-k divisor {divisor} must be a positive integer (ACM-Net: T // 8, T // 3, T // 3)")
-    lengths = lengths.long()
-    return torch.minimum((lengths // int(divisor)).clamp_min(1), lengths)
+    return topk_count(lengths, divisor=divisor)
 
 
 def topk_indices(scores: Tensor, divisor: int, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Indices of each video's ``max(T_b // divisor, 1)`` highest steps, per column.
 
     Shapes: scores (B, T, K); mask (B, T) bool, True = real step -> indices (B, k_max, K)
-    long sorted by decreasing score, counts (B,). Slots past a video's own count are
-    ignored by :func:`~taltoolkit.losses.mil.topk_mil_pool` given the counts. Padded steps
-    rank last, so they are never among a video's own picks.
+    long sorted by decreasing score, counts (B,); pool with
+    :func:`~taltoolkit.losses.mil.topk_mil_pool` given the counts. Padded steps are never picked.
     """
-    b, t, _ = scores.shape
-    if mask is None:
-        lengths = torch.full((b,), t, dtype=torch.long, device=scores.device)
-    else:
-        mask = mask.to(torch.bool)
-        lengths = mask.sum(1)
-        scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))
-    counts = topk_counts(lengths, divisor)  # (B,)
-    k_max = min(max(int(counts.max()), 1) if b else 1, t)
-    idx = scores.detach().topk(k_max, dim=1).indices  # (B, k_max, K)
-    return idx, counts
+    return topk_mil_indices(scores, divisor=divisor, mask=mask, return_counts=True)  # type: ignore[return-value]
 
 
 def branch_video_logits(tcam: Tensor, divisor: int, mask: Tensor | None = None) -> Tensor:

@@ -15,20 +15,26 @@ __all__ = ["topk_count", "topk_mil_indices", "topk_mil_pool", "video_ce_loss", "
 
 
 def topk_count(
-    length: Tensor | int, k: int | None = None, ratio: float | None = None, rounding: str = "round"
+    length: Tensor | int, k: int | None = None, ratio: float | None = None, rounding: str = "round",
+    divisor: int | None = None,
 ) -> Tensor:
-    """Snippets per class for sequences of the given valid length(s): ``k`` or ``max(1, r(T * ratio))``.
+    """Snippets per class for sequences of the given valid length(s): ``k``, ``max(1, r(T * ratio))``
+    or ``max(1, T // divisor)`` (ACM-Net's counts, in integers).
 
     ``rounding`` r is ``"round"`` or ``"floor"`` (the public CASE code's ``T // 8``).
     Clamped to the length, so a short video never has to select padded steps. Shapes:
     length () or (B,) -> same shape, long.
     """
-    if (k is None) == (ratio is None):
-        raise ValueError("give exactly one of k or ratio")
+    if sum(x is not None for x in (k, ratio, divisor)) != 1:
+        raise ValueError("give exactly one of k, ratio or divisor")
     if rounding not in ("round", "floor"):
         raise ValueError(f"rounding must be 'round' or 'floor', got {rounding!r}")
     length = torch.as_tensor(length)
-    if k is not None:
+    if divisor is not None:
+        if int(divisor) != divisor or divisor < 1:
+            raise ValueError(f"top-k divisor {divisor} must be a positive integer (ACM-Net: T // 8, T // 3, T // 3)")
+        count = (length.long() // int(divisor)).clamp_min(1)
+    elif k is not None:
         count = torch.full_like(length, int(k))
     else:
         scaled = length.double() * ratio
@@ -44,6 +50,7 @@ def topk_mil_indices(
     mask: Tensor | None = None,
     return_counts: bool = False,
     rounding: str = "round",
+    divisor: int | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Indices of the top-k snippets per class (MIL of Eq. 1; also defines Q^A of Eq. 2).
 
@@ -64,7 +71,7 @@ def topk_mil_indices(
         mask = mask.to(torch.bool)
         lengths = mask.sum(1)
         scores = scores.masked_fill(~mask.unsqueeze(-1), float("-inf"))  # padded steps rank last
-    counts = topk_count(lengths, k=k, ratio=ratio, rounding=rounding)  # (B,)
+    counts = topk_count(lengths, k=k, ratio=ratio, rounding=rounding, divisor=divisor)  # (B,)
     k_max = max(int(counts.max()), 1) if b else 1
     k_max = min(k_max, t)
     idx = scores.detach().topk(k_max, dim=1).indices  # (B, k_max, C)

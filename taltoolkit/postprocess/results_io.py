@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from taltoolkit.atomicio import atomic_write_text
 from taltoolkit.jsonio import DuplicateKeyError, is_finite_number, strict_loads
 from taltoolkit.structures import Detections
 
@@ -100,30 +101,7 @@ def write_results_json(
         "results": results,
         "external_data": dict(external_data) if external_data is not None else {"used": False, "details": ""},
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    # Same folder as the destination, so os.replace is a rename within one file system.
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    atomic_write_text(path, json.dumps(doc, allow_nan=False))
 
 
 # ----------------------------------------------------------------------------- reading
