@@ -59,7 +59,16 @@ def test_compiled_networks_train_like_eager(compose, tiny_overrides, name, tmp_p
     # aot_eager runs TorchDynamo's capture and AOTAutograd (graph breaks, guards, dynamic shapes,
     # the compiled backward) without inductor's C++ code generation, which takes ~30 s per
     # network on 2 CPU cores; the inductor test below covers that path for one method.
-    eager, compiled = _pair(compose, tiny_overrides, tmp_path, name, "compile", ["trainer.compile_backend=aot_eager"])
+    extra = ["trainer.compile_backend=aot_eager"]
+    if name == "apl":
+        # With the EMA restarted at the supervised stage (and bias-corrected), the pseudo-
+        # labelling network is the average of one tiny epoch's weights, and its thresholded
+        # selection turns compile's ~1e-6 round-off into other pseudo-labels and detections
+        # (measured: eager and compiled then differ by seconds in segments and in labels).
+        # The EMA that is not restarted keeps the comparison meaningful; the restart and the
+        # bias correction themselves are tested in tests/test_apl.py.
+        extra += ["method.ema_reset=false", "method.ema_bias_correction=false"]
+    eager, compiled = _pair(compose, tiny_overrides, tmp_path, name, "compile", extra)
     # Scores within 1.4e-5 relative observed (APL's pseudo-labelling amplifies round-off most).
     _same_outcome(tmp_path, "compile", eager, compiled, rel=1e-3)
     for a, b in zip(eager["history"], compiled["history"]):
