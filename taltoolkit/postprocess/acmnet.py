@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from taltoolkit.postprocess.proposals import upgrade_resolution  # shared with CASE (interpolation="start_linear")
 from taltoolkit.registry import register
 from taltoolkit.structures import Detections
 
@@ -65,22 +66,6 @@ def threshold_levels(spec: Levels) -> np.ndarray:
             raise ValueError(f"a threshold range needs start, stop and step; missing {sorted(missing)}")
         return np.arange(float(spec["start"]), float(spec["stop"]), float(spec["step"]))
     return np.asarray(list(spec), dtype=np.float64).reshape(-1)
-
-
-def upgrade_resolution(x: np.ndarray, scale: int) -> np.ndarray:
-    """(T, K) -> (len(arange(0, T, 1 / scale)), K): linear at step starts, extrapolated at the end.
-
-    A one-step sequence (nothing to interpolate between) is repeated ``scale`` times.
-    """
-    t = x.shape[0]
-    if scale == 1:
-        return x
-    if t < 2:
-        return np.repeat(x, scale, axis=0)
-    from scipy.interpolate import interp1d  # deferred: the package imports fast without scipy
-
-    f = interp1d(np.arange(t), x, kind="linear", axis=0, fill_value="extrapolate")
-    return f(np.arange(0, t, 1 / scale))
 
 
 def _runs(positions: np.ndarray) -> list[np.ndarray]:

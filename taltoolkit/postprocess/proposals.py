@@ -98,20 +98,34 @@ def _upsample(x: np.ndarray, factor: int, interpolation: str) -> np.ndarray:
     if factor == 1:
         return x
     t = x.shape[0]
-    if interpolation == "nearest" or (interpolation == "start_linear" and t == 1):
+    if interpolation == "nearest":
         return np.repeat(x, factor, axis=0)
     if interpolation == "start_linear":
-        # BaS-Net / CASE: values anchored at step starts, sampled at k / factor, the last
-        # factor - 1 samples extrapolated along the last segment's slope.
-        u = np.arange(t * factor) / factor  # (T',) source coordinate
-        i0 = np.minimum(np.floor(u).astype(np.int64), t - 2)
-        w = (u - i0)[:, None]
-        return x[i0] * (1.0 - w) + x[i0 + 1] * w
+        return upgrade_resolution(x, factor)
     u = np.clip((np.arange(t * factor) + 0.5) / factor - 0.5, 0.0, t - 1)  # source index
     i0 = np.floor(u).astype(np.int64)
     i1 = np.minimum(i0 + 1, t - 1)
     w = (u - i0)[:, None]
     return x[i0] * (1.0 - w) + x[i1] * w
+
+
+def upgrade_resolution(x: np.ndarray, scale: int) -> np.ndarray:
+    """BaS-Net / CASE / ACM-Net upsampling ("start_linear"): (T, K) -> (len(arange(0, T, 1 / scale)), K).
+
+    Values anchored at step starts, sampled at ``arange(0, T, 1 / scale)``, the last samples
+    extrapolated along the last segment's slope (the public codes' ``interp1d(...,
+    fill_value="extrapolate")``). A one-step sequence (nothing to interpolate between) is
+    repeated ``scale`` times.
+    """
+    t = x.shape[0]
+    if scale == 1:
+        return x
+    if t < 2:
+        return np.repeat(x, scale, axis=0)
+    from scipy.interpolate import interp1d  # deferred: the package imports fast without scipy
+
+    f = interp1d(np.arange(t), x, kind="linear", axis=0, fill_value="extrapolate")
+    return f(np.arange(0, t, 1 / scale))
 
 
 # ----------------------------------------------------------------------------- NMS glue
