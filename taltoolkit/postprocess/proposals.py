@@ -91,9 +91,9 @@ def _upsample(x: np.ndarray, factor: int, interpolation: str) -> np.ndarray:
     ``"nearest"`` repeats each step ``factor`` times. ``"linear"`` interpolates linearly
     between step centres (step j's value sits at coordinate j + 0.5), sampling at the
     centres (k + 0.5) / factor of the upsampled steps and holding the first/last value
-    beyond the outermost centres. BaS-Net's ``interp1d(arange(T), ...)`` at
-    ``arange(0, T, 1 / factor)`` instead anchors values at step starts and extrapolates the
-    last ``factor - 1`` samples; centring keeps each value over the seconds it describes.
+    beyond the outermost centres; centring keeps each value over the seconds it describes.
+    ``"start_linear"`` is the public codes' rule instead (:func:`upgrade_resolution`): values
+    anchored at step starts, the last ``factor - 1`` samples extrapolated.
     """
     if factor == 1:
         return x
