@@ -49,6 +49,16 @@ class Video:
         """Seconds -> continuous grid coordinate(s) (inverse of :meth:`to_seconds`)."""
         return (np.asarray(seconds, dtype=np.float64) - self.offset_s) / self.step_s
 
+    def action_mask(self) -> np.ndarray:
+        """(T,) bool: steps whose centre lies inside a ground-truth segment (any class).
+
+        For diagnostics of actionness (how well an attention finds the actions), never for training.
+        """
+        centres = self.offset_s + (np.arange(self.num_steps, dtype=np.float64) + 0.5) * self.step_s  # (T,)
+        seg = np.asarray(self.segments, np.float64).reshape(-1, 2)  # (N, 2)
+        inside = (centres[:, None] >= seg[None, :, 0]) & (centres[:, None] < seg[None, :, 1])  # (T, N)
+        return inside.any(axis=1)
+
 
 @dataclass
 class Detections:

@@ -199,9 +199,15 @@ def test_iocnet_outputs_follow_eq_11_to_13_and_ignore_padding():
 # ----------------------------------------------------------------------------- losses (Eq. 14-22)
 def test_selection_scores_eq14():
     cas, a = torch.randn(2, 5, 3), torch.rand(2, 2, 5)
-    h = selection_scores(cas, a, beta=1 / 3)
+    printed = selection_scores(cas, a, beta=1 / 3, modalities="sum")
     direct = (1 / 3) * torch.softmax(cas, -1) + (2 / 3) * (a[0] + a[1]).unsqueeze(-1)
-    assert torch.allclose(h, direct)
+    assert torch.allclose(printed, direct)
+    # Default: the AICL code's instance selection (softmax(CAS) + A_R + A_F) / 3 at beta = 1/3.
+    code = selection_scores(cas, a, beta=1 / 3)
+    assert torch.allclose(code, (torch.softmax(cas, -1) + a[0].unsqueeze(-1) + a[1].unsqueeze(-1)) / 3)
+    assert float(code.max()) <= 1.0
+    with pytest.raises(ValueError, match="modalities"):
+        selection_scores(cas, a, beta=1 / 3, modalities="max")
 
 
 def test_classification_loss_eq15_is_ce_of_top_l_mean():

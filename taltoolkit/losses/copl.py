@@ -19,6 +19,7 @@ from taltoolkit.losses.mil import generalized_bce, topk_mil_indices, topk_mil_po
 Tensor = torch.Tensor
 
 __all__ = [
+    "SELECTION_MODALITIES",
     "selection_scores",
     "selection_targets",
     "classification_loss",
@@ -32,12 +33,21 @@ __all__ = [
 ]
 
 
-def selection_scores(cas: Tensor, a_ca_m: Tensor, beta: float) -> Tensor:
-    """Eq. 14, the action selection function: ``h_cs = beta softmax(CAS) + (1 - beta)(A_ca^R + A_ca^F)``.
+SELECTION_MODALITIES = ("mean", "sum")
 
-    Shapes: cas (B, T, C), a_ca_m (M, B, T) -> (B, T, C). The modalities are *summed*, as printed.
+
+def selection_scores(cas: Tensor, a_ca_m: Tensor, beta: float, modalities: str = "mean") -> Tensor:
+    """Eq. 14, the action selection function ``h_cs = beta softmax(CAS) + (1 - beta) A``.
+
+    ``modalities="mean"``: A = (A_ca^R + A_ca^F) / 2, the instance selection function of the
+    AICL code [24] whose weights COPL keeps (beta = 1/3 gives (softmax(CAS) + A_ca^R + A_ca^F) / 3,
+    and h_cs lies in [0, 1]); ``"sum"``: A = A_ca^R + A_ca^F as Eq. 14 is printed, which weighs
+    each modality twice as much. Shapes: cas (B, T, C), a_ca_m (M, B, T) -> (B, T, C).
     """
-    return beta * cas.softmax(-1) + (1 - beta) * a_ca_m.sum(0).unsqueeze(-1)
+    if modalities not in SELECTION_MODALITIES:
+        raise ValueError(f"Eq. 14 modalities={modalities!r}; choose one of {SELECTION_MODALITIES}")
+    a = a_ca_m.mean(0) if modalities == "mean" else a_ca_m.sum(0)  # (B, T)
+    return beta * cas.softmax(-1) + (1 - beta) * a.unsqueeze(-1)
 
 
 def selection_targets(indices: Tensor, labels: Tensor, num_steps: int) -> Tensor:

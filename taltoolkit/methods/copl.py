@@ -18,9 +18,15 @@ Pseudo-labels, P/U membership, the votes and the clustering metrics are in
 :meth:`extra_state`, so a run resumed mid-iteration does not re-cluster.
 
 Where the paper is vague (all listed in docs/methods/copl.md):
-- first iteration: Algorithm 1 initialises IOCNet and clusters with its HAS attention, i.e.
-  a randomly initialised teacher (``initial_attention="model"``, default). ``"uniform"``
-  uses mean pooling of X instead (what TCAM/UGCT-style pipelines start from);
+- first clustering: the pre-trained features, mean-pooled (``initial_attention="uniform"``,
+  default): the conventional first clustering that the supplementary's Sec. 1.1.1 modifies,
+  whose confidences its Fig. A shows as "iteration 0". ``"model"`` runs HAS on the randomly
+  initialised teacher instead (Algorithm 1 read literally);
+- Eq. 14 averages the two modalities (``selection_modalities="mean"``, the AICL code's
+  instance selection whose weights COPL keeps); ``"sum"`` is the printed form;
+- videos are sampled to ``dataset.num_segments`` steps in training (``sampling_rule="perturb"``)
+  and in testing and clustering (``test_sampling="always"``): Sec. 4.1 "during both training
+  and testing, 750 ... snippets are sampled", as the AICL/CASE code lineage does;
 - Eq. 4 is read as a decaying running sum, newest epoch weighted 1 (:func:`taltoolkit.pseudo.has.vote`);
 - Eq. 6 averages over the *other* members of the cluster (the text; Eq. 6 prints |Y_I|) and
   Eq. 7 takes the nearest other cluster by largest mean affinity (the printed min over
@@ -29,8 +35,10 @@ Where the paper is vague (all listed in docs/methods/copl.md):
   classifier's columns keep their meaning across iterations;
 - EMA decay is not given (mean-teacher default 0.999);
 - evaluation maps clusters to classes by the Hungarian assignment between the final
-  clustering's P and the training videos' true primary classes (supplementary Sec. 1.2,
-  "we map each cluster to groundtruth labels [TCAM, APSL, UGCT]"). The true labels come from
+  clustering and the training videos' true primary classes (supplementary Sec. 1.2,
+  "we map each cluster to groundtruth labels [TCAM, APSL, UGCT]"), over every training video
+  (``cluster_mapping="all"``, one protocol for every ablation variant) or over P only
+  (``"p"``, the supplementary's wording). The true labels come from
   ``context.reference_videos`` and serve only this mapping and the clustering metrics; they
   never enter a loss.
 
@@ -53,6 +61,7 @@ from taltoolkit.engine import distributed as dist_utils
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.evaluation.clustering import clustering_scores
 from taltoolkit.losses.copl import (
+    SELECTION_MODALITIES,
     action_selection_loss,
     classification_loss,
     ema_update,
@@ -73,6 +82,7 @@ from taltoolkit.structures import Video
 log = logging.getLogger("taltoolkit")
 
 INITIAL_ATTENTION = ("model", "uniform")
+CLUSTER_MAPPINGS = ("all", "p")
 
 
 @register("method", "copl")
@@ -93,7 +103,7 @@ class COPL(Method):
         alpha: float = 0.9,  # Eq. 4 decay rate (Sec. 4.1)
         has_branch: str = "both",  # Table 3: both (HAS) | cs | ca (single branch) | none (w/o filter)
         use_vote: bool = True,  # Table 4: voting function, Eq. 4
-        initial_attention: str = "model",  # first clustering: model (Algorithm 1 line 1) | uniform
+        initial_attention: str = "uniform",  # first clustering: uniform (mean pooling, supp. Fig. A iteration 0) | model
         use_plri: bool = True,  # Fig. 4 / Table 6 "w/o PLRI": P = P_o, U empty
         delta: float = 0.0,  # Eq. 9-10 threshold (Sec. 4.1; Table 6, supp. Table B)
         plri_separation: str = "nearest",  # Eq. 7: nearest other cluster | literal_min
@@ -101,6 +111,7 @@ class COPL(Method):
         align_clusters: bool = True,  # not in the paper: keep cluster ids across iterations
         topk_ratio: float = 1 / 8,  # l = T / 8 THUMOS14 (Sec. 4.1)
         beta: float = 1 / 3,  # Eq. 14, 1/3 THUMOS14 (Sec. 4.1)
+        selection_modalities: str = "mean",  # Eq. 14: mean of A_ca^R, A_ca^F (AICL code) | sum (printed)
         gce_q: float = 0.7,  # Eq. 16 (Sec. 4.1)
         mu1: float = 5.0,  # Eq. 20 (Sec. 4.1)
         mu2: float = 0.1,  # Eq. 20 (Sec. 4.1)
@@ -115,6 +126,9 @@ class COPL(Method):
         ema_decay: float = 0.999,  # not in the paper: mean-teacher [42] default
         clustering_seed: int = 0,  # k-means seeding of spectral clustering
         kmeans_n_init: int = 10,  # k-means restarts (scikit-learn's default)
+        cluster_mapping: str = "all",  # cluster -> class for evaluation from: all training videos | p
+        sampling_rule: str = "perturb",  # training sampling (data.sampling.SAMPLING_RULES), AICL/CASE code
+        test_sampling: str = "always",  # test and clustering: videos resampled to num_segments (Sec. 4.1)
     ) -> None:
         super().__init__()
         if has_branch not in HAS_BRANCHES:
@@ -123,6 +137,10 @@ class COPL(Method):
             raise ValueError(f"method.initial_attention={initial_attention!r}; choose one of {INITIAL_ATTENTION}")
         if plri_separation not in SEPARATIONS:
             raise ValueError(f"method.plri_separation={plri_separation!r}; choose one of {SEPARATIONS}")
+        if selection_modalities not in SELECTION_MODALITIES:
+            raise ValueError(f"method.selection_modalities={selection_modalities!r}; choose one of {SELECTION_MODALITIES}")
+        if cluster_mapping not in CLUSTER_MAPPINGS:
+            raise ValueError(f"method.cluster_mapping={cluster_mapping!r}; choose one of {CLUSTER_MAPPINGS}")
         if plri_cohesion not in COHESIONS:
             raise ValueError(f"method.plri_cohesion={plri_cohesion!r}; choose one of {COHESIONS}")
         if iterations < 1:
@@ -151,6 +169,9 @@ class COPL(Method):
         self.plri_cohesion = plri_cohesion
         self.align = align_clusters
         self.topk_ratio, self.beta, self.gce_q = topk_ratio, beta, gce_q
+        self.selection_modalities, self.cluster_mapping = selection_modalities, cluster_mapping
+        # Read by the entry point to build the datasets (Method.sampling_rule / test_sampling).
+        self.sampling_rule, self.test_sampling = sampling_rule, test_sampling
         self.mu1, self.mu2, self.lambda1, self.lambda2 = mu1, mu2, lambda1, lambda2
         self.use_lci, self.use_lc, self.use_lco = use_lci, use_lc, use_lco
         self.contrast_ratio, self.contrast_temperature = contrast_ratio, contrast_temperature
@@ -211,27 +232,43 @@ class COPL(Method):
             for o in outputs
         ]
 
-    def _vote_all(self, videos: list[Video]) -> None:
+    def _vote_all(self, videos: list[Video]) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        """Vote the teacher's current HAS attention of every video in (Eq. 4); returns the
+        teacher's outputs and the (un-voted) HAS attention, for the clustering diagnostics."""
         assert self._context is not None
         outputs = self._context.predict(videos)
         votes = self._state["votes"]
-        for v, a in zip(videos, self._has_of(outputs)):
+        has = self._has_of(outputs)
+        for v, a in zip(videos, has):
             prev = votes.get(v.name) if self.use_vote else None
             votes[v.name] = vote(None if prev is None else torch.as_tensor(prev), a, self.alpha).numpy()
+        return outputs, has
+
+    @staticmethod
+    def _sampled_features(v: Video, output: dict[str, Any] | None) -> torch.Tensor:
+        """X of Eq. 5 at the steps the teacher saw (``test_sampling``), (T', D)."""
+        x = torch.as_tensor(np.asarray(v.features, np.float32))
+        pos = None if output is None else output.get("_positions")
+        if pos is None:
+            return x
+        idx = torch.as_tensor(np.asarray(pos), dtype=torch.long)  # (T',) native step indices
+        return x if len(idx) == len(x) and bool((idx == torch.arange(len(x))).all()) else x[idx]
 
     def _cluster(self, context: StageContext, first: bool) -> dict[str, Any]:
         videos = context.train_videos
         c = self.student.num_classes
         if len(videos) < c:
             raise ValueError(f"COPL clusters {len(videos)} training videos into C={c} clusters; need at least C videos")
+        outputs: list[dict[str, Any]] | None = None
         if first and self.initial_attention == "uniform":
             attention = [torch.ones(v.num_steps) for v in videos]
         else:
-            self._vote_all(videos)  # the current teacher's HAS (the end of the last epoch)
+            outputs, has = self._vote_all(videos)  # the current teacher's HAS (the end of the last epoch)
             attention = [torch.as_tensor(self._state["votes"][v.name]) for v in videos]
-        feats = torch.stack(
-            [global_video_feature(torch.as_tensor(np.asarray(v.features, np.float32)), a) for v, a in zip(videos, attention)]
-        ).numpy()  # (N, D), Eq. 5
+        feats = torch.stack([
+            global_video_feature(self._sampled_features(v, None if outputs is None else outputs[i]), attention[i])
+            for i, v in enumerate(videos)
+        ]).numpy()  # (N, D), Eq. 5
         labels, w = spectral_clustering(feats, c, seed=self.clustering_seed, n_init=self.kmeans_n_init)
         previous = self._state["pseudo"]
         if self.align and previous and all(v.name in previous for v in videos):
@@ -254,8 +291,10 @@ class COPL(Method):
             if sel.any():
                 sp = clustering_scores(t_arr[sel], labels[sel])
                 metrics.update({f"p_{k}": sp[k] for k in ("purity", "nmi", "ari", "accuracy")})
-            mapping = self._hungarian_mapping(t_arr[sel] if sel.any() else t_arr[known],
-                                              labels[sel] if sel.any() else labels[known], c)
+            by = sel if (self.cluster_mapping == "p" and sel.any()) else known
+            mapping = self._hungarian_mapping(t_arr[by], labels[by], c)
+            if outputs is not None:
+                metrics.update(self._actionness_diagnostics(videos, outputs, has, context.reference_videos))
         else:
             log.warning("COPL: no reference labels for the training videos; clustering metrics skipped and "
                         "clusters evaluated as classes in id order")
@@ -265,6 +304,44 @@ class COPL(Method):
             "metrics": metrics,
             "mapping": mapping,
         }
+
+    @staticmethod
+    def _actionness_diagnostics(videos: list[Video], outputs: list[dict[str, Any]], has: list[torch.Tensor],
+                                reference: dict[str, Video]) -> dict[str, float]:
+        """How well the teacher's attentions find the (hidden) actions of the training videos:
+        Pearson correlation of A_cs and A_ca with the true action mask (mean over videos with
+        both actions and background), the share of HAS-selected snippets inside actions
+        (``has_precision``) against the share of all snippets inside actions (``action_rate``),
+        and the same share for the top-k snippets of A_cs and of A_ca alone. Metrics only."""
+        corr: dict[str, list[float]] = {"a_cs": [], "a_ca": []}
+        hits = {"has": [0, 0], "top_a_cs": [0, 0], "top_a_ca": [0, 0], "all": [0, 0]}
+        for v, o, a in zip(videos, outputs, has):
+            ref = reference.get(v.name)
+            if ref is None:
+                continue
+            mask = ref.action_mask()
+            pos = o.get("_positions")
+            if pos is not None:
+                mask = mask[np.asarray(pos, np.int64)]
+            m = mask.astype(np.float64)  # (T',)
+            k = int((a > 0).sum())
+            for key in ("a_cs", "a_ca"):
+                x = np.asarray(torch.as_tensor(o[f"_{key}"]).float())
+                if 0 < m.sum() < len(m) and x.std() > 0:
+                    corr[key].append(float(np.corrcoef(x, m)[0, 1]))
+                top = np.argsort(-x, kind="stable")[:max(k, 1)]
+                hits[f"top_{key}"][0] += int(mask[top].sum())
+                hits[f"top_{key}"][1] += len(top)
+            sel = np.asarray(a) > 0
+            hits["has"][0] += int(mask[sel].sum())
+            hits["has"][1] += int(sel.sum())
+            hits["all"][0] += int(mask.sum())
+            hits["all"][1] += len(mask)
+        out: dict[str, float] = {f"corr_{k}": float(np.mean(v)) for k, v in corr.items() if v}
+        names = {"has": "has_precision", "top_a_cs": "top_a_cs_precision", "top_a_ca": "top_a_ca_precision",
+                 "all": "action_rate"}
+        out.update({names[k]: h / n for k, (h, n) in hits.items() if n})
+        return out
 
     @staticmethod
     def _hungarian_mapping(true: np.ndarray, clusters: np.ndarray, c: int) -> list[int]:
@@ -307,7 +384,7 @@ class COPL(Method):
         y, in_p = self._labels_and_p(batch)  # (B, C), (B,)
         x_student = temporal_feature_shift(x, self.shift_channels, mask) if self.use_lco else x
         out = self.student(x_student, mask)
-        h = selection_scores(out["cas"], out["a_ca_m"], self.beta)  # (B, T, C), Eq. 14
+        h = selection_scores(out["cas"], out["a_ca_m"], self.beta, self.selection_modalities)  # (B, T, C), Eq. 14
         zero = x.new_zeros(())
         losses: dict[str, torch.Tensor] = {}
 
@@ -337,7 +414,7 @@ class COPL(Method):
             assert self.teacher is not None
             with torch.no_grad():
                 t_out = self.teacher(x, mask)
-                h_t = selection_scores(t_out["cas"], t_out["a_ca_m"], self.beta)
+                h_t = selection_scores(t_out["cas"], t_out["a_ca_m"], self.beta, self.selection_modalities)
             l_co = outer_consistency_loss(h, h_t, out["a_ca"], t_out["a_ca"], mask)
             un = un + self.lambda2 * l_co
             losses["loss_co"] = l_co.mean()
@@ -370,18 +447,19 @@ class COPL(Method):
         """Supplementary Sec. 1.2: top-l snippets of h_cs give the video's class scores; the CAS
         gives per-step class probabilities.
 
-        ``cas`` (T, C) = beta softmax(CAS) + (1 - beta) A_ca, Eq. 14 with the modalities' *mean*
-        so that it lies in [0, 1] for the thresholds 0:1.0:0.1 (ours: the paper does not say
-        which sequence is thresholded); ``class_scores`` (C,) = softmax of the mean CAS over each
+        ``cas`` (T, C) = beta softmax(CAS) + (1 - beta) A_ca: h_cs of Eq. 14 with the modalities'
+        mean, the sequence the AICL code thresholds, in [0, 1] for the thresholds 0:1.0:0.1 (the
+        paper does not say which sequence is thresholded); ``class_scores`` (C,) = softmax of the mean CAS over each
         class's top-l snippets; ``actionness`` (T,) = A_ca. Unsupervised: columns are moved from
         cluster ids to classes by ``cluster_to_class``. ``_a_cs``/``_a_ca`` feed HAS.
         """
         x, mask = batch["features"], batch["mask"]
         out = self._net()(x, mask)
-        h = selection_scores(out["cas"], out["a_ca_m"], self.beta)  # (B, T, C)
+        h = selection_scores(out["cas"], out["a_ca_m"], self.beta, self.selection_modalities)  # (B, T, C)
         idx, counts = topk_mil_indices(h, ratio=self.topk_ratio, mask=mask, return_counts=True)
         scores = topk_mil_pool(out["cas"], idx, counts).softmax(-1)  # (B, C)
         cas = self.beta * out["cas"].softmax(-1) + (1 - self.beta) * out["a_ca"].unsqueeze(-1)  # (B, T, C)
+        positions = batch.get("positions")
         if not self.weak:
             inv = torch.empty_like(self.cluster_to_class)
             inv[self.cluster_to_class] = torch.arange(len(inv), device=inv.device)  # class -> cluster
@@ -392,6 +470,7 @@ class COPL(Method):
             results.append({
                 "cas": cas[i, :n], "class_scores": scores[i], "actionness": out["a_ca"][i, :n],
                 "_a_cs": out["a_cs"][i, :n], "_a_ca": out["a_ca"][i, :n],
+                "_positions": None if positions is None else positions[i, :n].long().cpu().numpy(),
             })
         return results
 
