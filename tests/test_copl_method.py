@@ -76,14 +76,14 @@ def test_actionness_diagnostics_against_a_hand_count():
     mask = v.action_mask().astype(np.float32)
     has = torch.tensor([0, 0, 0.9, 0.8, 0, 0, 0, 0.7])  # 2 of 3 selected steps inside
     out = {"_a_cs": torch.tensor(mask), "_a_ca": torch.tensor(1 - mask), "_positions": None}
-    d = COPL._actionness_diagnostics([v], [out], [has], {"a": v})
+    d = COPL._actionness_diagnostics([v], [out], [has], {"a": v}, gamma=8 / 3)  # k = 3
     assert d["corr_a_cs"] == 1.0 and d["corr_a_ca"] == -1.0
     assert d["has_precision"] == 2 / 3 and d["action_rate"] == 3 / 8
     assert d["top_a_cs_precision"] == 1.0 and d["top_a_ca_precision"] == 0.0  # top-3 of each attention
     # A resampled video (test_sampling=always): the mask is read at the sampled steps.
     pos = np.array([0, 2, 2, 3, 5, 7])
     out_s = {"_a_cs": torch.tensor(mask[pos]), "_a_ca": torch.tensor(mask[pos]), "_positions": pos}
-    d = COPL._actionness_diagnostics([v], [out_s], [torch.tensor([0, 1.0, 0, 0, 0, 0.5])], {"a": v})
+    d = COPL._actionness_diagnostics([v], [out_s], [torch.tensor([0, 1.0, 0, 0, 0, 0.5])], {"a": v}, gamma=3)
     assert d["action_rate"] == 3 / 6 and d["has_precision"] == 1 / 2
 
 

@@ -294,7 +294,7 @@ class COPL(Method):
             by = sel if (self.cluster_mapping == "p" and sel.any()) else known
             mapping = self._hungarian_mapping(t_arr[by], labels[by], c)
             if outputs is not None:
-                metrics.update(self._actionness_diagnostics(videos, outputs, has, context.reference_videos))
+                metrics.update(self._actionness_diagnostics(videos, outputs, has, context.reference_videos, self.gamma))
         else:
             log.warning("COPL: no reference labels for the training videos; clustering metrics skipped and "
                         "clusters evaluated as classes in id order")
@@ -307,12 +307,13 @@ class COPL(Method):
 
     @staticmethod
     def _actionness_diagnostics(videos: list[Video], outputs: list[dict[str, Any]], has: list[torch.Tensor],
-                                reference: dict[str, Video]) -> dict[str, float]:
+                                reference: dict[str, Video], gamma: float) -> dict[str, float]:
         """How well the teacher's attentions find the (hidden) actions of the training videos:
         Pearson correlation of A_cs and A_ca with the true action mask (mean over videos with
         both actions and background), the share of HAS-selected snippets inside actions
         (``has_precision``) against the share of all snippets inside actions (``action_rate``),
-        and the same share for the top-k snippets of A_cs and of A_ca alone. Metrics only."""
+        and the same share for the top k = max(1, floor(T / gamma)) snippets of A_cs and of A_ca
+        alone (Eq. 3's k, whatever the filter). Metrics only."""
         corr: dict[str, list[float]] = {"a_cs": [], "a_ca": []}
         hits = {"has": [0, 0], "top_a_cs": [0, 0], "top_a_ca": [0, 0], "all": [0, 0]}
         for v, o, a in zip(videos, outputs, has):
@@ -324,12 +325,12 @@ class COPL(Method):
             if pos is not None:
                 mask = mask[np.asarray(pos, np.int64)]
             m = mask.astype(np.float64)  # (T',)
-            k = int((a > 0).sum())
+            k = max(1, int(len(m) // gamma))  # Eq. 3
             for key in ("a_cs", "a_ca"):
                 x = np.asarray(torch.as_tensor(o[f"_{key}"]).float())
                 if 0 < m.sum() < len(m) and x.std() > 0:
                     corr[key].append(float(np.corrcoef(x, m)[0, 1]))
-                top = np.argsort(-x, kind="stable")[:max(k, 1)]
+                top = np.argsort(-x, kind="stable")[:k]
                 hits[f"top_{key}"][0] += int(mask[top].sum())
                 hits[f"top_{key}"][1] += len(top)
             sel = np.asarray(a) > 0
