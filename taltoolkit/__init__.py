@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from taltoolkit._version import __version__
+
+__all__ = ["Detections", "Video", "__version__", "run"]
 
 
 def __getattr__(name: str) -> Any:

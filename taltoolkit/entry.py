@@ -8,7 +8,6 @@ Hydra's full traceback).
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from functools import partial
@@ -17,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from taltoolkit.atomicio import atomic_write_text
+from taltoolkit.jsonio import dump_json  # noqa: F401 - part of this module's API
 
 log = logging.getLogger("taltoolkit")
 
@@ -109,7 +108,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     from taltoolkit.engine.logger import RunLogger
     from taltoolkit.engine.reporting import write_run_outputs
     from taltoolkit.engine.trainer import FitResult, Trainer, seed_everything
-    from taltoolkit.evaluation.presets import default_preset, get_preset
+    from taltoolkit.evaluation.presets import get_preset
 
     out_dir = output_dir_from(cfg)
     # Settings first: a bad value fails here, before the output folder is touched or data read.
@@ -143,7 +142,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                     labelled_fraction, type(method).__name__, label_mode)
 
     ev_cfg = cfg.get("evaluation") or {}
-    preset_name = ev_cfg.get("preset") or default_preset(dataset.name, method.paradigm)
+    preset_name = ev_cfg.get("preset") or _dataset_preset(dataset, method.paradigm)
     preset = get_preset(preset_name)
     tiou = list(ev_cfg.get("tiou_thresholds") or preset.tiou_thresholds)
     subset = ev_cfg.get("subset") or dataset.test_subset
@@ -385,15 +384,13 @@ def _split_held_out(videos, fraction: float, seed: int):  # noqa: ANN001, ANN202
     return [v for i, v in enumerate(videos) if i not in held], [v for i, v in enumerate(videos) if i in held]
 
 
-def dump_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+def _dataset_preset(dataset: Any, paradigm: str) -> str:
+    """The evaluation preset the dataset names (``dataset.evaluation_preset``) for ``paradigm``."""
+    from taltoolkit.data.errors import ConfigError
+    from taltoolkit.evaluation.errors import EvaluationError
+    from taltoolkit.evaluation.presets import resolve_preset
 
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    try:
+        return resolve_preset(getattr(dataset, "evaluation_preset", None), paradigm, f"dataset {dataset.name!r}")
+    except EvaluationError as e:
+        raise ConfigError(str(e)) from None

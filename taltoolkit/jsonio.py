@@ -1,10 +1,15 @@
-"""Strict JSON reading shared by the annotation and results readers (stdlib only, so the
-eval CLI that reads results stays fast to start)."""
+"""JSON in and out (stdlib only, so the eval CLI that reads results stays fast to start):
+strict reading shared by the annotation and results readers, and :func:`dump_json`, which
+writes a run's JSON files through the one atomic writer."""
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from typing import Any
+
+from taltoolkit.atomicio import atomic_write_text
 
 
 class DuplicateKeyError(ValueError):
@@ -33,3 +38,19 @@ def strict_loads(text: str | bytes) -> Any:
 def is_finite_number(x: Any) -> bool:
     """A JSON number (not a bool) that is finite."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def dump_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically; numpy scalars and arrays become numbers and
+    lists, anything else JSON cannot hold its ``str``."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+    np = sys.modules.get("numpy")  # a numpy value means numpy is loaded; never import it here
+    if np is not None:
+        if isinstance(o, (np.floating, np.integer)):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    return str(o)

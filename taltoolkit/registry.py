@@ -3,7 +3,14 @@
 Construction never goes through the registry: configs name a ``_target_`` and Hydra's
 ``instantiate`` imports it directly, so an import error is reported as itself rather than
 as "not found". The registry only records what exists so that ``list_components()`` and
-the test-suite can see every component.
+the test-suite can see every component (``tests/test_registry.py`` ties each to a conf yaml
+whose keys its signature accepts).
+
+Registered are the pieces a config swaps, one kind per config group: datasets
+(``conf/dataset``), backbone networks (``conf/model``), branches a method can carry
+(``conf/memory_branch``), post-processors (``conf/postprocess``), methods (``conf/method``)
+and the trainer with its learning-rate schedules (``conf/trainer``). Losses and
+pseudo-label makers are plain functions that methods call; no config names them.
 """
 from __future__ import annotations
 
@@ -12,13 +19,12 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from taltoolkit.tables import format_table
+
 KINDS = (
     "dataset",
     "backbone",
-    "head",
     "branch",
-    "loss",
-    "pseudo_labeller",
     "postprocessor",
     "method",
 )
@@ -27,8 +33,6 @@ KINDS = (
 COMPONENT_MODULES = (
     "taltoolkit.data",
     "taltoolkit.models",
-    "taltoolkit.losses",
-    "taltoolkit.pseudo",
     "taltoolkit.postprocess",
     "taltoolkit.methods",
 )
@@ -48,7 +52,8 @@ T = TypeVar("T")
 
 
 def register(kind: str, name: str | None = None) -> Callable[[T], T]:
-    """Class/function decorator: ``@register("loss", "sinkhorn")``."""
+    """Class/function decorator: ``@register("postprocessor", "segment_nms")`` on
+    :func:`taltoolkit.postprocess.proposals.segment_postprocess`."""
     if kind not in _REGISTRY:
         raise ValueError(f"unknown component kind {kind!r}; choose one of {KINDS}")
 
@@ -88,13 +93,7 @@ def get(kind: str, name: str) -> Component:
 
 def _main() -> None:
     rows = [(c.kind, c.name, c.target, c.doc) for c in list_components()]
-    head = ("kind", "name", "target", "doc")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
-    print(fmt.format(*head))
-    print(fmt.format(*("-" * w for w in widths), "---"))
-    for r in rows:
-        print(fmt.format(*r))
+    print(format_table(("kind", "name", "target", "doc"), rows, align="<<<<"))
 
 
 if __name__ == "__main__":

@@ -319,13 +319,19 @@ def test_preset_averages():
     assert not math.isnan(r.average_mAP)
 
 
-def test_default_preset():
-    from taltoolkit.evaluation import default_preset
+def test_preset_from_what_the_dataset_names():
+    from taltoolkit.evaluation import resolve_preset
 
-    assert default_preset("thumos14", "weak") == "thumos14_weak"
-    assert default_preset("thumos14", "unsup") == "thumos14_unsup"
-    assert default_preset("thumos14", "full") == "thumos14_full"
-    assert default_preset("synthetic", "semi") == "thumos14_semi"
-    assert default_preset("activitynet13", "weak") == "activitynet"
+    assert resolve_preset("thumos14", "weak") == "thumos14_weak"
+    assert resolve_preset("thumos14", "unsup") == "thumos14_unsup"
+    assert resolve_preset("thumos14", "full") == "thumos14_full"
+    assert resolve_preset("thumos14", "semi") == "thumos14_semi"
+    assert resolve_preset("activitynet", "weak") == "activitynet"  # a preset: every paradigm
+    assert resolve_preset("thumos14_full", "weak") == "thumos14_full"
     with pytest.raises(ValueError, match="evaluation.preset"):
-        default_preset("thumos14", "magic")
+        resolve_preset("thumos14", "magic")
+    # No guess from a name: a dataset that names no preset (or an unknown one) is told to.
+    with pytest.raises(ValueError, match="mydata names no evaluation preset.*evaluation.preset"):
+        resolve_preset(None, "weak", "mydata")
+    with pytest.raises(ValueError, match="neither a preset nor a family"):
+        resolve_preset("activitynet13", "weak")

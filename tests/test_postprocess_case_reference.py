@@ -17,7 +17,7 @@ import torch
 import yaml
 from scipy.interpolate import interp1d
 
-from taltoolkit.postprocess.nms import one_pass_soft_nms_indices
+from taltoolkit.postprocess.suppression import one_pass_soft_nms_indices
 from taltoolkit.postprocess.proposals import cas_to_proposals
 
 CASE_YAML = Path(__file__).resolve().parent.parent / "conf" / "postprocess" / "case.yaml"

@@ -16,7 +16,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Arguments the entry point passes at construction time rather than from the yaml.
 RUNTIME_ARGS = {
     "backbone": {"in_dim", "num_classes"},
-    "head": {"in_dim", "num_classes"},
     "branch": {"in_dim", "num_classes"},
     "method": {"model"},
 }

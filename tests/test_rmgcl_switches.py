@@ -15,7 +15,7 @@ import torch
 from einops import rearrange
 from omegaconf import OmegaConf
 
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives as dist_utils
 from taltoolkit.losses.acmnet import feature_magnitude_loss, three_branch_mil_loss
 from taltoolkit.losses.memory import uncertainty_weighted_pseudo_loss
 from taltoolkit.methods.rmgcl import RMGCL, memory_test_cam

@@ -178,13 +178,11 @@ def test_dataset_factory_caches_and_matches_generator(tmp_path, monkeypatch, lay
 
 
 def test_cache_is_never_half_written(tmp_path, monkeypatch):
-    import taltoolkit.data.writers as W
-
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
     kw = dict(num_train=2, num_test=2, feature_dim=8, cache_dir=str(tmp_path))
-    monkeypatch.setattr(W, "write_layout", crash)
+    monkeypatch.setattr(S, "write_layout", crash)  # the cache builder's writer fails mid-way
     with pytest.raises(RuntimeError, match="disk full"):
         synthetic_dataset(**kw)
     assert list(tmp_path.iterdir()) == []  # nothing that a later call could mistake for a cache

@@ -7,7 +7,7 @@
           whole subprocess (start-up and JSON reading included), the in-process
           ``detection_map``, and the loop-based restatement of the official rule in
           ``tests/reference_anet.py``; checks the numbers are bit-identical.
-``nms``   ``nms`` / ``batched_nms`` / ``soft_nms`` from ``taltoolkit.postprocess.nms`` over
+``nms``   ``nms`` / ``batched_nms`` / ``soft_nms`` from ``taltoolkit.postprocess.suppression`` over
           many videos' worth of proposals.
 ``train`` training throughput (videos/s) of a method on THUMOS-sized synthetic data
           (200 videos, T = 750 sampled steps, 2048-d features), with and without
@@ -41,6 +41,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 for p in (ROOT, os.path.join(ROOT, "tests")):
     if p not in sys.path:
         sys.path.insert(0, p)
+
+from taltoolkit.atomicio import atomic_write_text  # noqa: E402 - after the sys.path set-up
 
 THUMOS_GT = os.path.join(ROOT, "taltoolkit", "annotations", "thumos14", "thumos14_annotations.json")
 DATASETS = {  # packaged ground truth and the preset that goes with it
@@ -121,8 +123,7 @@ def bench_eval(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         pred_path = os.path.join(tmp, "predictions.json")
         metrics_path = os.path.join(tmp, "metrics.json")
-        with open(pred_path, "w") as f:
-            json.dump(pred_json, f)
+        atomic_write_text(pred_path, json.dumps(pred_json))
         size_mb = os.path.getsize(pred_path) / 2 ** 20
 
         cmd = [sys.executable, os.path.join(ROOT, "tools", "eval.py"), gt_path, pred_path,
@@ -228,7 +229,7 @@ def bench_eval(args: argparse.Namespace) -> dict:
 def bench_nms(args: argparse.Namespace) -> dict:
     import torch
 
-    from taltoolkit.postprocess import nms as nms_mod
+    from taltoolkit.postprocess import suppression as nms_mod
 
     dev = torch.device(args.device)
     g = torch.Generator().manual_seed(args.seed)
@@ -452,8 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"eval": bench_eval, "nms": bench_nms, "train": bench_train, "sinkhorn": bench_sinkhorn,
               "actionformer": bench_train}[args.command](args)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
+        atomic_write_text(args.out, json.dumps(report, indent=2))
         print(f"written to {args.out}")
     return 0 if report.get("identical", True) else 1
 

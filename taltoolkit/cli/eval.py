@@ -19,13 +19,10 @@ import sys
 from typing import Any
 
 from taltoolkit.atomicio import atomic_write_text
-from taltoolkit.evaluation.detection import (  # noqa: E402
-    DEFAULT_TIOU_THRESHOLDS,
-    DetectionResult,
-    EvaluationError,
-    detection_map,
-)
-from taltoolkit.evaluation.presets import get_preset, preset_names  # noqa: E402
+from taltoolkit.evaluation.detection import DEFAULT_TIOU_THRESHOLDS, DetectionResult, detection_map
+from taltoolkit.evaluation.errors import EvaluationError
+from taltoolkit.evaluation.presets import get_preset, preset_names
+from taltoolkit.tables import format_table
 
 
 class CliError(Exception):
@@ -132,30 +129,24 @@ def _check_out(out: str, inputs: dict[str, str]) -> None:
             raise CliError(f"--out {out} is the {what} file; the metrics would replace it: choose another --out path")
 
 
-def format_table(res: DetectionResult, per_class: bool = False) -> str:
-    """Readable summary: one row per tIoU, then the averages (percent)."""
+def result_table(res: DetectionResult, per_class: bool = False) -> str:
+    """Readable summary: one row per tIoU, then the averages (percent); per class on request."""
     n_cls = len(res.evaluated_classes)
-    lines = [
-        f"ActivityNet detection mAP (subset {res.subset!r}, {n_cls} classes, "
-        f"{int(res.num_ground_truth.sum())} instances, {int(res.num_predictions.sum())} predictions)",
-        f"{'tIoU':>14}  {'mAP (%)':>8}",
-    ]
-    for t, m in zip(res.tiou_thresholds, res.mAP):
-        lines.append(f"{t:>14.2f}  {100 * m:8.2f}")
-    for name, v in res.averages.items():
-        lines.append(f"{name:>14}  {100 * v:8.2f}")
-    lines.append(f"{'average':>14}  {100 * res.average_mAP:8.2f}")
+    title = (f"ActivityNet detection mAP (subset {res.subset!r}, {n_cls} classes, "
+             f"{int(res.num_ground_truth.sum())} instances, {int(res.num_predictions.sum())} predictions)")
+    rows: list[list[Any]] = [[f"{t:.2f}", 100 * float(m)] for t, m in zip(res.tiou_thresholds, res.mAP)]
+    rows += [[name, 100 * float(v)] for name, v in res.averages.items()]
+    rows.append(["average", 100 * float(res.average_mAP)])
+    lines = [title, format_table(["tIoU", "mAP (%)"], rows)]
     if res.num_ignored_predictions:
         lines.append(f"note: {res.num_ignored_predictions} predictions of classes absent from the "
                      "subset's ground truth were ignored")
     if per_class:
-        head = "".join(f"{t:>7.2f}" for t in res.tiou_thresholds)
-        lines.append(f"\nAP (%) per class{'':>12}{head}")
-        for j, c in enumerate(res.classes):
-            if res.num_ground_truth[j] == 0:
-                lines.append(f"{c[:28]:<28}  (no ground truth in subset)")
-            else:
-                lines.append(f"{c[:28]:<28}" + "".join(f"{100 * x:7.2f}" for x in res.ap[:, j]))
+        # A class without ground truth in the subset has no AP (it stays out of the mean).
+        ap_rows = [[c[:28], *(100 * float(x) if res.num_ground_truth[j] else "-" for x in res.ap[:, j])]
+                   for j, c in enumerate(res.classes)]
+        heads = ["AP (%) per class", *(f"{t:.2f}" for t in res.tiou_thresholds)]
+        lines += ["", format_table(heads, ap_rows, align="<" + ">" * len(res.tiou_thresholds))]
     return "\n".join(lines)
 
 
@@ -222,7 +213,7 @@ def _run(args: argparse.Namespace) -> int:
     metrics["ground_truth_file"] = os.path.abspath(args.ground_truth)
     metrics["predictions_file"] = os.path.abspath(args.predictions)
     if not args.quiet:
-        print(format_table(res, per_class=args.per_class))
+        print(result_table(res, per_class=args.per_class))
     if args.out:
         try:
             atomic_write_text(args.out, json.dumps(metrics, indent=2))

@@ -79,6 +79,7 @@ class TALDataset:
         features_dir: str | None = None,
         file_prefix: str | None = None,
         video_ids: str = "auto",
+        evaluation_preset: str | None = None,
     ) -> None:
         if layout not in (*LAYOUTS, "auto"):
             raise DataError(
@@ -109,6 +110,9 @@ class TALDataset:
         self.features_dir = features_dir
         self.file_prefix = file_prefix
         self.video_ids = video_ids
+        # The evaluation protocol (a preset or a family of taltoolkit.evaluation.presets) that
+        # a run uses unless evaluation.preset says otherwise; None: the run must name one.
+        self.evaluation_preset = evaluation_preset
         self._release: Release | None = None
         self._annotations: AnnotationSet | None = None
         self._videos: list[Video] | None = None

@@ -33,8 +33,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from taltoolkit.data.annotations import canonical_name, load_annotations, load_packaged_annotations
+from taltoolkit.data.dataset import TALDataset
+from taltoolkit.data.writers import atomic_write_json, write_layout
 from taltoolkit.registry import register
 from taltoolkit.structures import Video
+from taltoolkit.tables import format_table
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,12 @@ class Preset:
     test_subset: str
     num_classes: int
     fps: float
+    evaluation_preset: str  # the benchmark's evaluation protocol (taltoolkit.evaluation.presets)
 
 
 PRESETS: dict[str, Preset] = {
-    "thumos": Preset("thumos", "validation", "test", 20, 30.0),
-    "anet": Preset("anet", "training", "validation", 20, 30.0),
+    "thumos": Preset("thumos", "validation", "test", 20, 30.0, "thumos14"),
+    "anet": Preset("anet", "training", "validation", 20, 30.0, "activitynet"),
 }
 
 
@@ -384,8 +389,6 @@ def annotation_set(source: Any) -> Any:
     """An ``AnnotationSet`` from an ``AnnotationSet``, a packaged benchmark name or a path."""
     if hasattr(source, "videos") and hasattr(source, "classes"):
         return source
-    from taltoolkit.data.annotations import canonical_name, load_annotations, load_packaged_annotations
-
     text = str(source)
     if not os.path.exists(text) and canonical_name(text) is not None:
         return load_packaged_annotations(text)
@@ -654,11 +657,7 @@ def format_statistics(columns: Mapping[str, dict[str, Any]] | dict[str, Any]) ->
         columns = {"all": columns}  # a single summary
     heads = list(columns)
     body = [[label] + [render(columns[h]) if columns[h]["videos"] else "-" for h in heads] for label, render in _ROWS]
-    table = [["statistic", *heads], *body]
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(["statistic", *heads], body, align="<" * (len(heads) + 1))
 
 
 def statistics_by_subset(videos: list[Video]) -> dict[str, dict[str, Any]]:
@@ -725,8 +724,6 @@ def build_synthetic_cache(
     built under a temporary name and renamed into place only once the marker file is in it,
     so a crashed or concurrent build is never read as a complete cache.
     """
-    from taltoolkit.data.writers import atomic_write_json, write_layout
-
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     key_params = {**params, "layout": layout, "name": name,
                   "from_annotations": _source_digest(params.get("from_annotations"))}
@@ -781,16 +778,16 @@ def synthetic_dataset(
     step_s: float = 0.64,
     offset_s: float = 0.0,
     split_dir: str | None = None,
+    evaluation_preset: str | None = None,
 ) -> Any:
     """Planted-action synthetic benchmark, generated into a cache once and read like a real one.
 
     Defaults (THUMOS-like timing at half length, 20 classes, 100 + 100 videos of at most 320
     steps, 512-d = 256 RGB + 256 flow) train a two-branch MIL model in about a minute on two
     CPU cores; see docs/synthetic.md for THUMOS-sized settings. ``num_train``/``num_test``
-    ``None`` with ``from_annotations`` keep every video of that subset.
+    ``None`` with ``from_annotations`` keep every video of that subset. ``evaluation_preset``
+    None: the protocol of the benchmark ``preset`` imitates (``thumos14``, ``activitynet``).
     """
-    from taltoolkit.data.dataset import TALDataset
-
     if preset not in PRESETS:
         raise ValueError(f"unknown synthetic preset {preset!r}; choose one of {sorted(PRESETS)}")
     p = PRESETS[preset]
@@ -813,4 +810,5 @@ def synthetic_dataset(
         train_subset=train_subset, test_subset=test_subset, step_s=float(step_s), offset_s=float(offset_s),
         feature_stride=timing.get("feature_stride", 4), snippet_frames=timing.get("snippet_frames", 16),
         fps=timing.get("fps"), num_segments=num_segments, max_seq_len=max_seq_len, split_dir=split_dir,
+        evaluation_preset=evaluation_preset or p.evaluation_preset,
     )

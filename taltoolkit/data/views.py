@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from taltoolkit.data.errors import DataError, preview
+from taltoolkit.data.writers import atomic_write_json
 from taltoolkit.structures import Video
 
 LABEL_MODES = ("full", "weak", "none", "semi")
@@ -152,8 +153,6 @@ def label_view(
             raise ValueError("label_mode 'semi' needs labelled_fraction (e.g. 0.1) or an existing split file")
         labelled = set(choose_labelled(videos, float(fraction), seed))
         if path is not None:
-            from taltoolkit.data.writers import atomic_write_json  # writers imports readers; keep views light
-
             atomic_write_json(
                 path,
                 {

@@ -213,20 +213,20 @@ def write_activitynet_json(path: str | os.PathLike, videos: Sequence[Video], cla
 
 
 def write_wtalc_annotations(folder: str | os.PathLike, videos: Sequence[Video], classes: Sequence[str]) -> None:
-    """The W-TALC annotation npy files (bytes strings, pickled per-video lists)."""
+    """The W-TALC annotation npy files (bytes strings, pickled per-video lists), each written atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     enc = lambda xs: np.array([x.encode("utf-8") for x in xs])  # noqa: E731 - W-TALC stores bytes
     labels = [[classes[int(c)] for c in v.labels] for v in videos]
-    np.save(folder / "videoname.npy", enc([v.name for v in videos]))
-    np.save(folder / "subset.npy", enc([v.subset for v in videos]))
-    np.save(folder / "classlist.npy", enc(classes))
-    np.save(folder / "duration.npy", np.array([[float(v.duration)] for v in videos], np.float64))  # (N, 1) as released
-    np.save(folder / "original_fps.npy", np.array([float(v.fps) for v in videos], np.float64))
-    np.save(folder / "labels.npy", _object_array(labels), allow_pickle=True)
-    np.save(folder / "labels_all.npy", _object_array([list(dict.fromkeys(x)) for x in labels]), allow_pickle=True)
+    atomic_save_npy(folder / "videoname.npy", enc([v.name for v in videos]))
+    atomic_save_npy(folder / "subset.npy", enc([v.subset for v in videos]))
+    atomic_save_npy(folder / "classlist.npy", enc(classes))
+    atomic_save_npy(folder / "duration.npy", np.array([[float(v.duration)] for v in videos], np.float64))  # (N, 1) as released
+    atomic_save_npy(folder / "original_fps.npy", np.array([float(v.fps) for v in videos], np.float64))
+    atomic_save_npy(folder / "labels.npy", _object_array(labels), allow_pickle=True)
+    atomic_save_npy(folder / "labels_all.npy", _object_array([list(dict.fromkeys(x)) for x in labels]), allow_pickle=True)
     segs = [[[float(s), float(e)] for s, e in np.asarray(v.segments, np.float64).reshape(-1, 2)] for v in videos]
-    np.save(folder / "segments.npy", _object_array(segs), allow_pickle=True)
+    atomic_save_npy(folder / "segments.npy", _object_array(segs), allow_pickle=True)
 
 
 # --------------------------------------------------------------------------- layouts
@@ -281,6 +281,7 @@ def write_layout(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out)
     tmp.mkdir()  # not mkdtemp: its 0700 mode would survive the rename and hide a shared cache
+    # Files inside the staging folder are written plainly: the folder is renamed into place whole.
     try:
         if layout == "wtalc":
             feats = _object_array([np.ascontiguousarray(v.features, np.float32) for v in videos])

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from taltoolkit._version import __version__
 from taltoolkit.atomicio import atomic_write_bytes  # re-exported: the one atomic writer
 from taltoolkit.data.errors import CheckpointError, CheckpointNotFoundError
 
@@ -170,8 +171,6 @@ def state_digest(obj: Any) -> str:
 def checkpoint_meta(kind: str, method: str | None = None, config: dict[str, Any] | None = None,
                     **extra: Any) -> dict[str, Any]:
     """The format record of a checkpoint: ``kind`` is ``resume`` (last.ckpt) or ``inference``."""
-    from taltoolkit import __version__
-
     return {"format": FORMAT, "version": FORMAT_VERSION, "kind": kind, "method": method, "config": config,
             "taltoolkit": __version__, "torch": torch.__version__, **extra}
 

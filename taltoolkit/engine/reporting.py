@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from taltoolkit.jsonio import dump_json
+from taltoolkit.postprocess.results_io import write_results_json
 from taltoolkit.structures import Detections, Video
+from taltoolkit.tables import format_table
 
 log = logging.getLogger("taltoolkit")
 
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[f"{c:.2f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    line = "  ".join(f"{{:>{w}}}" for w in widths)
-    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
-    out += [line.format(*r) for r in cells]
-    return "\n".join(out)
+__all__ = ["format_table", "metrics_table", "plot_videos", "write_run_outputs"]
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:
@@ -40,9 +36,6 @@ def write_run_outputs(
     run_logger: Any = None,
     num_plots: int = 3,
 ) -> None:
-    from taltoolkit.entry import dump_json
-    from taltoolkit.postprocess.results_io import write_results_json
-
     write_results_json(out_dir / "predictions.json", detections, classes)
     dump_json(out_dir / "metrics.json", metrics)
     table = metrics_table(metrics)

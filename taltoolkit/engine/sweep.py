@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from taltoolkit.atomicio import atomic_write_text
+from taltoolkit.tables import format_table
 
 log = logging.getLogger("taltoolkit")
 
@@ -100,11 +101,8 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     """The summary as a fixed-width table: one line per setting, mean +/- std of the average mAP."""
     if not rows:
         return "(no finished runs)"
-    width = max(len("setting"), *(len(r["setting"]) for r in rows))
-    lines = [f"{'setting':<{width}}  {'n':>2}  {'avg mAP %':>15}", "-" * (width + 21)]
-    for r in rows:
-        lines.append(f"{r['setting']:<{width}}  {r['n']:>2}  {r['average_mAP']:>7.2f} ± {r['average_mAP_std']:<5.2f}")
-    return "\n".join(lines)
+    body = [[r["setting"], r["n"], f"{r['average_mAP']:.2f} ± {r['average_mAP_std']:.2f}"] for r in rows]
+    return format_table(["setting", "n", "avg mAP %"], body, align="<>>")
 
 
 def pin_job_resources(cfg: Any) -> None:

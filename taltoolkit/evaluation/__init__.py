@@ -7,11 +7,11 @@ from taltoolkit.evaluation.clustering import clustering_scores
 from taltoolkit.evaluation.detection import (
     DEFAULT_TIOU_THRESHOLDS,
     DetectionResult,
-    EvaluationError,
     average_over_ranges,
     detection_map,
 )
-from taltoolkit.evaluation.presets import PRESETS, EvalPreset, default_preset, get_preset, preset_names
+from taltoolkit.evaluation.errors import EvaluationError
+from taltoolkit.evaluation.presets import PRESETS, EvalPreset, get_preset, preset_names, resolve_preset
 
 __all__ = [
     "DEFAULT_TIOU_THRESHOLDS",
@@ -21,8 +21,8 @@ __all__ = [
     "PRESETS",
     "average_over_ranges",
     "clustering_scores",
-    "default_preset",
     "detection_map",
     "get_preset",
     "preset_names",
+    "resolve_preset",
 ]

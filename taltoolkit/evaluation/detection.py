@@ -34,17 +34,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from taltoolkit.evaluation.errors import EvaluationError
+from taltoolkit.evaluation.presets import EvalPreset, get_preset
+
 # The ActivityNet default: 0.5:0.95:0.05, as the nearest doubles to the decimal values.
 DEFAULT_TIOU_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
-
-
-class EvaluationError(ValueError):
-    """Bad evaluation input. ``source`` says which input: "ground_truth", "predictions" or
-    "arguments", so that a command line can name the offending file."""
-
-    def __init__(self, message: str, source: str = "arguments") -> None:
-        super().__init__(message)
-        self.source = source
 
 
 @dataclass
@@ -574,7 +568,7 @@ def detection_map(
     tiou_thresholds: Sequence[float] | np.ndarray | None = None,
     subset: str | None = None,
     averages: Mapping[str, tuple[float, float]] | None = None,
-    preset: Any = None,
+    preset: str | EvalPreset | None = None,
 ) -> DetectionResult:
     """ActivityNet detection mAP.
 
@@ -600,8 +594,6 @@ def detection_map(
             "positionally? use tiou_thresholds=...)"
         )
     if preset is not None:
-        from taltoolkit.evaluation.presets import get_preset
-
         p = get_preset(preset) if isinstance(preset, str) else preset
         tiou_thresholds = p.tiou_thresholds if tiou_thresholds is None else tiou_thresholds
         subset = p.subset if subset is None else subset

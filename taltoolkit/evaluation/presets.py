@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from taltoolkit.evaluation.detection import EvaluationError
+from taltoolkit.evaluation.errors import EvaluationError
 
 
 def _grid(start: float, stop: float, step: float) -> tuple[float, ...]:
@@ -69,20 +69,32 @@ def get_preset(name: str) -> EvalPreset:
 _PARADIGMS = ("weak", "unsup", "full", "semi")
 
 
-def default_preset(dataset: str, paradigm: str) -> str:
-    """The preset a run uses when the config names none.
+def resolve_preset(dataset_preset: str | None, paradigm: str, dataset: str = "dataset") -> str:
+    """The preset a run uses when ``evaluation.preset`` is not set, from what the dataset names.
 
-    ActivityNet datasets (``activitynet12``, ``activitynet13``, ...) always use
-    ``activitynet``; every other dataset (THUMOS14, the synthetic benchmark) uses the
-    THUMOS14 protocol of its paradigm (the synthetic ``anet`` preset uses ``activitynet``): ``weak`` / ``unsup`` -> 0.1:0.7, ``full`` / ``semi``
-    -> 0.3:0.7.
+    A dataset config names its protocol in ``evaluation_preset``: either a preset
+    (``activitynet``: the same thresholds for every paradigm) or a family whose
+    ``<family>_<paradigm>`` is one (``thumos14`` -> ``thumos14_weak`` / ``thumos14_unsup``
+    (tIoU 0.1:0.7) or ``thumos14_full`` / ``thumos14_semi`` (0.3:0.7), as the papers of each
+    paradigm report). A dataset that names none is an error, not a guess: a new benchmark
+    would otherwise be scored silently with another benchmark's thresholds.
     """
-    name = dataset.lower()
-    if name.startswith("activitynet") or name == "synthetic_anet":
-        return "activitynet"
+    if not dataset_preset:
+        raise EvaluationError(
+            f"{dataset} names no evaluation preset; set evaluation.preset to one of: {', '.join(preset_names())}, "
+            "or give the dataset config an evaluation_preset (a preset, or a family such as thumos14)"
+        )
+    if dataset_preset in PRESETS:
+        return dataset_preset
     if paradigm not in _PARADIGMS:
         raise EvaluationError(
-            f"no default evaluation preset for paradigm {paradigm!r} (known: {', '.join(_PARADIGMS)}); "
+            f"no evaluation preset for paradigm {paradigm!r} (known: {', '.join(_PARADIGMS)}); "
             f"set evaluation.preset to one of: {', '.join(preset_names())}"
         )
-    return f"thumos14_{paradigm}"
+    name = f"{dataset_preset}_{paradigm}"
+    if name not in PRESETS:
+        raise EvaluationError(
+            f"{dataset}'s evaluation_preset={dataset_preset!r} is neither a preset nor a family with a "
+            f"{paradigm!r} preset ({name!r}); choose one of: {', '.join(preset_names())}"
+        )
+    return name

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.losses.detection import assign_targets, diou_loss, sigmoid_focal_loss
 from taltoolkit.models.actionformer import ActionFormer, no_weight_decay_parameters
@@ -131,8 +131,8 @@ class ActionFormerMethod(Method):
         # Under torchrun: the EMA counts the global batch's positives, and each rank's share of
         # the sum is scaled by the world size, since DDP averages the ranks' gradients; the loss
         # (and its gradient) is then the single process's S / N of the same global batch.
-        num_pos = dist_utils.all_reduce_sum(pos.sum().float())
-        norm = self.update_loss_norm(num_pos) / dist_utils.world_size()
+        num_pos = collectives.all_reduce_sum(pos.sum().float())
+        norm = self.update_loss_norm(num_pos) / collectives.world_size()
         cls_loss = sigmoid_focal_loss(logits[valid], self.smooth(cls_t[valid]), self.focal_alpha, self.focal_gamma)
         cls_loss = cls_loss.sum() / norm
         if bool(pos.any()):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives
 from taltoolkit.engine.method import Method
 from taltoolkit.losses.clustering import (
     cluster_fb_logits,
@@ -31,8 +31,13 @@ from taltoolkit.losses.clustering import (
     soft_ce,
 )
 from taltoolkit.losses.mil import generalized_bce, topk_mil_indices, topk_mil_pool, video_ce_loss
-from taltoolkit.methods.rmgcl import TEST_CAMS, build_memory_branch, inference_state_with_memory, memory_test_cam
-from taltoolkit.models.memory import MemoryBranch
+from taltoolkit.models.memory import (
+    TEST_CAMS,
+    MemoryBranch,
+    build_memory_branch,
+    inference_state_with_memory,
+    memory_test_cam,
+)
 from taltoolkit.models.wtal import TwoStreamWTAL
 from taltoolkit.pseudo.sinkhorn import sinkhorn_labels
 from taltoolkit.registry import register
@@ -284,19 +289,19 @@ class CASE(Method):
     # Sinkhorn (above) and rank prior, CCC's prototypes and marginal -- are taken over the
     # global batch, so that N processes train on one process's objective (docs/scaling.md).
     def _use_global(self) -> bool:
-        return self.global_batch and dist_utils.is_distributed()
+        return self.global_batch and collectives.is_distributed()
 
     def _sum(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return dist_utils.all_reduce_sum if self._use_global() else None
+        return collectives.all_reduce_sum if self._use_global() else None
 
     def _sum_with_grad(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        return dist_utils.all_reduce_sum_with_grad if self._use_global() else None
+        return collectives.all_reduce_sum_with_grad if self._use_global() else None
 
     def _rank_prior(self, attention: torch.Tensor) -> torch.Tensor:
         """Eq. 11 for this rank's snippets (N,), ranked among the global batch's."""
         if not self._use_global():
             return rank_gaussian_prior(attention, self.cluster_fb[:, 0], self.sigma, positions=self.prior_positions)  # (N, K)
-        everyone, start = dist_utils.all_gather_rows_with_start(attention)  # rank order = one process's order
+        everyone, start = collectives.all_gather_rows_with_start(attention)  # rank order = one process's order
         prior = rank_gaussian_prior(everyone, self.cluster_fb[:, 0], self.sigma, positions=self.prior_positions)
         return prior[start : start + attention.shape[0]]
 

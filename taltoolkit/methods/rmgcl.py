@@ -23,9 +23,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives
 from taltoolkit.engine.method import Method
 from taltoolkit.losses.acmnet import (
     branch_video_logits,
@@ -35,47 +34,21 @@ from taltoolkit.losses.acmnet import (
     three_branch_mil_loss,
 )
 from taltoolkit.models.acmnet import ACMNet, weighted_tcams
-from taltoolkit.models.memory import MemoryBranch
+from taltoolkit.models.memory import (  # noqa: F401 - TEST_CAMS and inference_state_with_memory are part of this module's API
+    TEST_CAMS,
+    MemoryBranch,
+    build_memory_branch,
+    inference_state_with_memory,
+    memory_test_cam,
+)
 from taltoolkit.registry import register
 
 Tensor = torch.Tensor
 
-# Which class activation map the proposals are cut from at test time (docs/methods/rmgcl.md).
-TEST_CAMS = ("main", "pseudo", "mean")
 # Which main-branch CAM the memory terms read (Eq. 6-7 selection, Eq. 15-16 student):
 # "dropout" the training CAM, computed from the dropped-out embeddings as ACM-Net trains its
 # head; "clean" the same head on the embeddings without dropout (what inference sees).
 MEMORY_CAMS = ("dropout", "clean")
-
-
-def build_memory_branch(
-    memory_branch: Callable[..., MemoryBranch] | MemoryBranch | None, embed_dim: int, num_classes: int,
-    background: bool,
-) -> MemoryBranch | None:
-    """A memory branch for a host network: built from a partial (conf/memory_branch/*.yaml) or given ready."""
-    if memory_branch is None or isinstance(memory_branch, MemoryBranch):
-        return memory_branch
-    return memory_branch(embed_dim=embed_dim, num_classes=num_classes, background=background)
-
-
-def memory_test_cam(main: Tensor, pseudo: Tensor | None, mode: str) -> Tensor:
-    """Class probabilities for proposals from the main CAM and the memory branch's pseudo-CAM (both logits)."""
-    if pseudo is None or mode == "main":
-        return main.softmax(-1)
-    if mode == "pseudo":
-        return pseudo.softmax(-1)
-    return 0.5 * (main.softmax(-1) + pseudo.softmax(-1))
-
-
-def inference_state_with_memory(method: nn.Module, attr: str) -> dict[str, Tensor]:
-    """A host's state dict in which every memory branch under ``method.<attr>`` keeps T_M only (Sec. III-E4)."""
-    state = method.state_dict()
-    for name, module in method.named_modules():
-        if isinstance(module, MemoryBranch) and (name == attr or name.startswith(attr + ".")):
-            drop = {f"{name}.{k}" for k in module.training_only_keys()}
-            state = {k: v for k, v in state.items() if k not in drop}
-            state.update({f"{name}.{k}": v for k, v in module.inference_state().items()})
-    return state
 
 
 @register("method", "rmgcl")
@@ -142,7 +115,7 @@ class RMGCL(Method):
         float16 autocast's GradScaler refuses a step without gradients: there the trainer's
         error on a non-finite loss stands.
         """
-        if not self.skip_nonfinite or dist_utils.is_distributed():
+        if not self.skip_nonfinite or collectives.is_distributed():
             return False
         try:
             fp16 = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16

@@ -34,7 +34,7 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives
 from taltoolkit.losses.memory import (
     momentum_enqueue,
     noise_tolerant_contrastive,
@@ -47,6 +47,8 @@ from taltoolkit.registry import register
 Tensor = torch.Tensor
 
 AGGREGATIONS = ("nonparametric", "parametric")  # Eq. 12 vs the parametric attention of Sec. IV-D
+# Which class activation map the proposals are cut from at test time (docs/methods/rmgcl.md).
+TEST_CAMS = ("main", "pseudo", "mean")
 
 
 class _Attention(nn.Module):
@@ -323,9 +325,9 @@ class MemoryBranch(nn.Module):
         self._summary_fresh = False
 
     def _gather(self, features: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
-        if not (self.distributed and dist_utils.is_distributed()):
+        if not (self.distributed and collectives.is_distributed()):
             return features, rows
-        return dist_utils.all_gather_rows(features), dist_utils.all_gather_rows(rows)
+        return collectives.all_gather_rows(features), collectives.all_gather_rows(rows)
 
     def knowledge(self) -> tuple[Tensor, Tensor]:
         """The knowledge Eq. 12 aggregates: (T_M (S, H), valid (S,) bool).
@@ -471,7 +473,7 @@ class MemoryBranch(nn.Module):
             if self.use_contrastive:
                 # Eq. 9, against the memory before this batch is enqueued; averaged over the
                 # anchors of the global batch (ranks hold different numbers of anchors).
-                losses["loss_ncl"] = dist_utils.global_mean(noise_tolerant_contrastive(
+                losses["loss_ncl"] = collectives.global_mean(noise_tolerant_contrastive(
                     anchors.float(), rows, self.memory, self.memory_valid(), temperature=self.temperature,
                     lam=self.ncl_lambda, q=self.ncl_q, reduction=self.ncl_reduction, per_anchor_out=True,
                 ))
@@ -505,3 +507,36 @@ def _fill_training_state(
     for key in module.training_only_keys():
         if prefix + key not in state_dict:
             state_dict[prefix + key] = own[key]
+
+
+# --------------------------------------------------------------------------- host helpers
+# What a method that carries the branch (RMGCL on ACM-Net, CASE on its two-stream network)
+# needs to build it, read its pseudo-CAM at test time and save its inference weights.
+def build_memory_branch(
+    memory_branch: Callable[..., MemoryBranch] | MemoryBranch | None, embed_dim: int, num_classes: int,
+    background: bool,
+) -> MemoryBranch | None:
+    """A memory branch for a host network: built from a partial (conf/memory_branch/*.yaml) or given ready."""
+    if memory_branch is None or isinstance(memory_branch, MemoryBranch):
+        return memory_branch
+    return memory_branch(embed_dim=embed_dim, num_classes=num_classes, background=background)
+
+
+def memory_test_cam(main: Tensor, pseudo: Tensor | None, mode: str) -> Tensor:
+    """Class probabilities for proposals from the main CAM and the memory branch's pseudo-CAM (both logits)."""
+    if pseudo is None or mode == "main":
+        return main.softmax(-1)
+    if mode == "pseudo":
+        return pseudo.softmax(-1)
+    return 0.5 * (main.softmax(-1) + pseudo.softmax(-1))
+
+
+def inference_state_with_memory(method: nn.Module, attr: str) -> dict[str, Tensor]:
+    """A host's state dict in which every memory branch under ``method.<attr>`` keeps T_M only (Sec. III-E4)."""
+    state = method.state_dict()
+    for name, module in method.named_modules():
+        if isinstance(module, MemoryBranch) and (name == attr or name.startswith(attr + ".")):
+            drop = {f"{name}.{k}" for k in module.training_only_keys()}
+            state = {k: v for k, v in state.items() if k not in drop}
+            state.update({f"{name}.{k}": v for k, v in module.inference_state().items()})
+    return state

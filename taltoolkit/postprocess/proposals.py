@@ -141,14 +141,14 @@ def _nms_select(
         return order, scores[order]
     import torch  # deferred: see the module docstring
 
-    from taltoolkit.postprocess.nms import batched_nms, soft_nms_indices
+    from taltoolkit.postprocess.suppression import batched_nms, soft_nms_indices
 
     s_t, c_t, l_t = torch.from_numpy(segs), torch.from_numpy(scores), torch.from_numpy(labels)
     if nms == "hard":
         keep = batched_nms(s_t, c_t, l_t, iou_threshold).numpy()
         return keep, scores[keep]
     if nms == "one_pass_soft":
-        from taltoolkit.postprocess.nms import one_pass_soft_nms_indices
+        from taltoolkit.postprocess.suppression import one_pass_soft_nms_indices
 
         idx, sc = one_pass_soft_nms_indices(s_t, c_t, l_t, iou_threshold=iou_threshold, sigma=sigma)
         return idx.numpy(), sc.numpy()
@@ -214,10 +214,10 @@ def cas_to_proposals(
        ``ceil(inflation * L)`` steps on both sides; ``"bas"`` rounds as BaS-Net's and CASE's
        ``int()`` does (truncation: ceil on the left, floor on the right).
     5. Runs -> seconds exactly (module docstring), per-class NMS: ``nms="hard"``
-       (:func:`~taltoolkit.postprocess.nms.batched_nms`, IoU > ``nms_threshold``),
+       (:func:`~taltoolkit.postprocess.suppression.batched_nms`, IoU > ``nms_threshold``),
        ``"soft"`` (gaussian Soft-NMS with ``sigma``, no score floor, as CO2-Net),
        ``"one_pass_soft"`` (BaS-Net's and CASE's one pass,
-       :func:`~taltoolkit.postprocess.nms.one_pass_soft_nms_indices`) or ``"none"``; keep the ``top_k`` best (all when None); clip to ``[0, duration]``
+       :func:`~taltoolkit.postprocess.suppression.one_pass_soft_nms_indices`) or ``"none"``; keep the ``top_k`` best (all when None); clip to ``[0, duration]``
        (``duration`` None: below at 0 only).
 
     Returns Detections sorted by decreasing score, labels are class ids of ``cas`` columns.
@@ -439,7 +439,7 @@ def segment_postprocess(
     if nms_method == "soft":
         import torch
 
-        from taltoolkit.postprocess.nms import soft_nms_indices
+        from taltoolkit.postprocess.suppression import soft_nms_indices
 
         idx_t, sc_t = soft_nms_indices(
             torch.from_numpy(segs), torch.from_numpy(sc), torch.from_numpy(nms_labels),
@@ -457,7 +457,7 @@ def segment_postprocess(
     if voting_thresh > 0 and not multiclass and idx.size:
         import torch
 
-        from taltoolkit.postprocess.nms import nms_voting
+        from taltoolkit.postprocess.suppression import nms_voting
 
         out_segs = nms_voting(torch.from_numpy(out_segs), torch.from_numpy(voters[0]), torch.from_numpy(voters[1]),
                               voting_thresh).numpy()

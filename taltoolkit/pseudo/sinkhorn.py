@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
+
+from taltoolkit import collectives
 
 
 Tensor = torch.Tensor
@@ -52,15 +53,13 @@ def _global_logsumexp_rows(log_q: Tensor, log_a: Tensor, distributed: bool) -> T
     Shapes: log_q (*, N, K), log_a (*, N) -> (*, K).
     """
     local = torch.logsumexp(log_a.unsqueeze(-1) + log_q, dim=-2)  # (*, K)
-    if not (distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if not (distributed and collectives.is_distributed()):
         return local
     # Sum of exp across ranks in a stable way: shift by the global max, sum, shift back
     # (SwAV sums the linear-domain matrix; doing it on logs keeps the log-domain stability).
-    gmax = local.clone()
-    dist.all_reduce(gmax, op=dist.ReduceOp.MAX)
+    gmax = collectives.all_reduce_max(local)
     gmax = torch.where(torch.isfinite(gmax), gmax, torch.zeros_like(gmax))  # all ranks -inf: column empty
-    total = (local - gmax).exp()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    total = collectives.all_reduce_sum((local - gmax).exp())
     return total.log() + gmax
 
 

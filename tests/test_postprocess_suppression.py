@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-import taltoolkit.postprocess.nms as nms_mod
-from taltoolkit.postprocess.nms import batched_nms, nms, nms_voting, segment_iou, soft_nms, soft_nms_indices
+import taltoolkit.postprocess.suppression as nms_mod
+from taltoolkit.postprocess.suppression import batched_nms, nms, nms_voting, segment_iou, soft_nms, soft_nms_indices
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -360,3 +360,13 @@ def test_voting_by_hand(device):
     out = nms_voting(torch.tensor([[100.0, 101.0]], device=device), cands, scores, 0.5)
     assert out.tolist() == [[100.0, 101.0]]
     assert nms_voting(torch.zeros(0, 2), cands.cpu(), scores.cpu(), 0.5).shape == (0, 2)
+
+
+def test_the_package_gives_the_functions_not_the_module():
+    """``from taltoolkit.postprocess import nms`` is the function (the module is ``suppression``)."""
+    import taltoolkit.postprocess as pp
+
+    assert pp.nms is nms and callable(pp.nms)
+    assert pp.soft_nms is soft_nms and pp.batched_nms is batched_nms
+    keep = pp.nms(torch.tensor([[0.0, 2.0], [0.1, 2.0], [5.0, 6.0]]), torch.tensor([0.9, 0.8, 0.7]), 0.5)
+    assert keep.tolist() == [0, 2]
