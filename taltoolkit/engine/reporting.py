@@ -44,49 +44,41 @@ def write_run_outputs(
     if run_logger is not None:
         run_logger.log({"average_mAP": metrics["average_mAP"], **{f"mAP@{t:.2f}": m for t, m in zip(metrics["tiou_thresholds"], metrics["mAP"])}})
     try:
-        plot_videos(out_dir / "plots", videos[:num_plots], outputs[:num_plots], detections, classes)
+        write_plots(out_dir, videos, outputs, classes, num_plots)
     except Exception as e:  # noqa: BLE001 - a plotting failure must not lose the results above
         log.warning("could not draw plots: %s", e)
 
 
+def write_plots(out_dir: Path, videos: list[Video], outputs: list[dict[str, Any]], classes: list[str],
+                num_plots: int = 3) -> None:
+    """The run's plots and report.html (:func:`taltoolkit.visualization.write_run_plots`): the
+    first ``plots.num_videos`` test videos (the run's config; else ``num_plots``) with their
+    outputs, the training curves, AP per class. ``taltoolkit-visualize --run DIR`` redraws them."""
+    from taltoolkit.visualization.run import write_run_plots
+
+    written = write_run_plots(out_dir, videos=videos, outputs=outputs, classes=classes, default_num_videos=num_plots)
+    log.info("%d plots in %s, report: %s", sum(p.suffix == ".png" for p in written), out_dir / "plots",
+             out_dir / "report.html")
+
+
 def plot_videos(
-    folder: Path, videos: list[Video], outputs: list[dict[str, Any]], detections: dict[str, Detections], classes: list[str]
-) -> None:
-    """One PNG per video: activation sequences over time, ground truth and top detections."""
-    import matplotlib
+    folder: Path, videos: list[Video], outputs: list[dict[str, Any]], detections: dict[str, Detections], classes: list[str],
+    *, thresholds: dict[str, Any] | None = None, top_k: int = 10,
+) -> list[Path]:
+    """Per video, a timeline of the ground truth against the ``top_k`` detections and (for
+    outputs with a CAS) the activation plot with the post-processor's ``thresholds``
+    (``cas_thresholds``, ``actionness_thresholds``, ``class_threshold``) in ``folder``."""
+    from taltoolkit.visualization.run import detection_entries, ground_truth_json, plot_video, video_times
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
+    database = ground_truth_json(videos, classes)["database"]
+    written: list[Path] = []
     for video, out in zip(videos, outputs):
-        fig, ax = plt.subplots(figsize=(10, 3.2))
-        # A test video resampled to another length (step_scale) is drawn on its own time axis.
-        scale = float(out.get("_step_scale", 1.0))
-        t = video.to_seconds((np.arange(int(round(video.num_steps / scale))) + 0.5) * scale)
-        gt_classes = sorted(set(video.labels.tolist()))
-        if "cas" in out and out["cas"] is not None:
+        activation = None
+        if out.get("cas") is not None:
             cas = np.asarray(out["cas"])
-            for c in gt_classes or [int(np.argmax(cas.mean(0)))]:
-                n = min(len(t), cas.shape[0])
-                ax.plot(t[:n], cas[:n, c], lw=1, label=f"CAS {classes[c]}")
-        if "actionness" in out and out["actionness"] is not None:
-            a = np.asarray(out["actionness"])
-            n = min(len(t), a.shape[0])
-            ax.plot(t[:n], a[:n], lw=1, color="k", alpha=0.7, label="actionness")
-        for (s, e), c in zip(video.segments, video.labels):
-            ax.axvspan(s, e, color="tab:green", alpha=0.2)
-        det = detections.get(video.name)
-        if det is not None and len(det):
-            top = np.argsort(-det.scores)[:10]
-            for rank, i in enumerate(top):
-                s, e = det.segments[i]
-                ax.hlines(-0.05 - 0.03 * rank, s, e, color="tab:red", lw=2)
-        ax.set_xlim(0, max(video.duration, float(t[-1]) if len(t) else 1.0))
-        ax.set_xlabel("seconds")
-        ax.set_title(f"{video.name}: ground truth (green), top detections (red)")
-        if ax.get_legend_handles_labels()[0]:  # detectors (ActionFormer) plot no CAS curve
-            ax.legend(loc="upper right", fontsize=7)
-        fig.tight_layout()
-        fig.savefig(folder / f"{video.name}.png", dpi=80)
-        plt.close(fig)
+            activation = {"cas": cas, "times": video_times(video, out, cas.shape[0]),
+                          "class_scores": out.get("class_scores"), "actionness": out.get("actionness")}
+        written += plot_video(folder, video.name, database[video.name]["annotations"],
+                              {"detections": detection_entries(detections.get(video.name), classes)}, classes,
+                              duration=video.duration, activation=activation, thresholds=thresholds, top_k=top_k)
+    return written
