@@ -94,7 +94,8 @@ def test_summary_of_hand_made_runs(tmp_path):
     ("case_table6", {"method.test_foreground", "seed"}),
     ("case_ablation", {"ablation", "seed"}),
     ("rmgcl_ablation", {"memory_branch", "seed"}),
-    ("apl_label_fractions", {"labelled_fraction", "seed"}),
+    ("apl_label_fractions", {"ablation", "labelled_fraction", "seed"}),
+    ("apl_table2", {"ablation", "seed"}),
     ("copl_fig4", {"ablation", "seed"}),
 ])
 def test_every_experiment_composes_for_each_sweep_point(compose, name, keys):
@@ -111,6 +112,31 @@ def test_every_experiment_composes_for_each_sweep_point(compose, name, keys):
     assert set(params) == keys
     for point in itertools.product(*[[f"{k}={v}" for v in vals] for k, vals in params.items()]):
         compose([f"experiment={name}", *point])
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("copl_baseline", ("none", False, False)),
+    ("copl_has", ("both", True, False)),
+    ("copl_plri", ("none", False, True)),
+    ("copl_full", ("both", True, True)),
+])
+def test_copl_fig4_lines_set_the_components(compose, line, expected):
+    m = compose(["method=copl", f"ablation={line}"]).method
+    assert (m.has_branch, m.use_vote, m.use_plri) == expected
+
+
+@pytest.mark.parametrize("line,expected", [
+    ("apl_labelled_only", (0, False, False, False, False)),
+    ("apl_baseline", (1, False, False, False, False)),
+    ("apl_alqa", (1, True, True, False, False)),
+    ("apl_alqa_icd", (1, True, True, True, False)),
+    ("apl_full", (1, True, True, True, True)),
+])
+def test_apl_table2_lines_set_the_components(compose, line, expected):
+    cfg = compose(["method=apl", f"ablation={line}"])
+    m = cfg.method
+    assert (m.rounds, m.use_alqa, cfg.model.quality_heads, m.use_icd, m.use_acp) == expected
+    assert m.selection == ("fixed" if line == "apl_baseline" else "adaptive")
 
 
 @pytest.mark.parametrize("line,expected", [
