@@ -114,8 +114,10 @@ def test_training_curves_prefer_per_step_scalars_over_the_epoch_history(run, tmp
     out, metrics, _ = run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
+    (copy / "scalars.jsonl").unlink()
+    RunLogger(scalars_path=copy / "scalars.jsonl").log({"average_mAP": 1.0, "mAP@0.50": 2.0})  # the final mAP
     scalars, x_label, _ = training_scalars(RunData(copy))
-    assert x_label == "epoch"  # only the final mAP was logged: the curves come from metrics.json
+    assert x_label == "epoch"  # no training-loop scalar: the curves come from metrics.json's history
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([h["loss"] for h in metrics["history"]])
     lg = RunLogger(scalars_path=copy / "scalars.jsonl")
     lg.log({"train/loss": 4.0}, step=10)

@@ -142,14 +142,17 @@ def test_tags_are_grouped_into_losses_lr_evaluation_and_their_own_panels():
     from taltoolkit.visualization.curves import group_tags
 
     groups = group_tags(["train/loss", "train/loss_a", "train/lr", "eval/mAP@0.50", "eval/average_mAP",
-                         "epoch/seconds", "train/H(Q^C)", "copl/nmi", "train/heatmap_loss", "mAP@0.50"])
+                         "epoch/seconds", "epoch/videos_per_s", "epoch/loss", "epoch/lr", "epoch/H(Q^C)",
+                         "train/H(Q^C)", "iter1/nmi", "train/heatmap_loss", "average_mAP"])
     assert groups == {
         "losses": ["train/loss", "train/loss_a", "train/heatmap_loss"],
-        "learning rate": ["train/lr"],
-        "evaluation mAP (%)": ["eval/mAP@0.50", "eval/average_mAP", "mAP@0.50"],
+        "learning rate": ["train/lr", "epoch/lr"],
+        "evaluation mAP (%)": ["eval/mAP@0.50", "eval/average_mAP", "average_mAP"],
+        "speed": ["epoch/seconds", "epoch/videos_per_s"],
+        "epoch: losses": ["epoch/loss"],
+        "epoch": ["epoch/H(Q^C)"],
         "train: other": ["train/H(Q^C)"],
-        "epoch": ["epoch/seconds"],
-        "copl": ["copl/nmi"],
+        "iter1": ["iter1/nmi"],
     }
 
 
@@ -158,9 +161,12 @@ def test_training_curves_draw_one_panel_per_group_with_every_tag(tmp_path, figur
 
     scalars = {"train/loss": [(1, 3.0), (2, 2.0), (3, 1.0), (4, 0.5)], "train/lr": [(1, 1e-3), (4, 1e-5)],
                "eval/average_mAP": [(4, 12.0)]}
+    scalars["epoch/lr"] = [(2, 1e-3), (4, 1e-5)]
     plot_training_curves(tmp_path / "c.png", scalars)
     axes = [ax for ax in figures["c.png"].axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["losses", "learning rate", "evaluation mAP (%)"]
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == ["train/lr", "epoch/lr"]  # told apart
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["loss"]
     loss = axes[0].get_lines()[0]
     assert list(loss.get_xdata()) == [1, 2, 3, 4] and list(loss.get_ydata()) == [3.0, 2.0, 1.0, 0.5]
     assert axes[1].get_yscale() == "log"  # lr spanning 100x
@@ -242,9 +248,11 @@ def test_pseudo_label_quality_draws_count_precision_and_recall_per_round(tmp_pat
     from taltoolkit.visualization.pseudo_labels import plot_pseudo_label_quality, pseudo_label_rounds
 
     stage_metrics = [{"stage": "supervised"}, {"stage": "round_1", "count": 120, "precision": 0.6, "recall": 0.4},
-                     {"stage": "round_2", "count": 150, "precision": 0.7, "recall": 0.55}]
-    rounds = pseudo_label_rounds(stage_metrics)
-    assert [r["round"] for r in rounds] == ["round_1", "round_2"]
+                     {"stage": "round_2", "tau_pos": 0.3, "before_icd": {"num_pseudo": 99.0, "pos_acc": 0.1, "recall": 0.1},
+                      "pseudo_quality": {"num_pseudo": 150.0, "class_acc": 0.5, "pos_acc": 0.7, "recall": 0.55}}]
+    rounds = pseudo_label_rounds(stage_metrics)  # plain keys, and APL's pseudo_quality
+    assert rounds == [{"round": "round_1", "count": 120, "precision": 0.6, "recall": 0.4},
+                      {"round": "round_2", "count": 150.0, "precision": 0.7, "recall": 0.55}]
     plot_pseudo_label_quality(tmp_path / "q.png", rounds)
     ax_n, ax_q = figures["q.png"].axes[:2]
     assert [p.get_height() for p in ax_n.patches] == [120, 150]

@@ -57,15 +57,17 @@ def class_colors(names: Iterable[str], all_classes: Sequence[str] | None = None)
     return {n: palette[i % len(palette)] for i, n in enumerate(names)}
 
 
+# After tab10, ten colours far from its hues (tab20's light halves are too pale for curves
+# and thin bars, and Dark2 repeats tab10's orange, pink and grey).
+_EXTRA = ("#000075", "#800000", "#469990", "#f032e6", "#ffd700", "#2f4f4f", "#bfef45", "#fa8072", "#4b0082",
+          "#000000")
+
+
 def _palette() -> list[Color]:
-    """20 saturated, mutually distinct colours (tab10, then Dark2 and two more): tab20's light
-    halves are too pale for curves and thin bars."""
     from matplotlib import colormaps
     from matplotlib.colors import to_rgba
 
-    tab10 = [tuple(colormaps["tab10"](i)) for i in range(10)]
-    dark2 = [tuple(colormaps["Dark2"](i)) for i in range(8)]
-    return tab10 + dark2 + [to_rgba("navy"), to_rgba("olive")]
+    return [tuple(colormaps["tab10"](i)) for i in range(10)] + [to_rgba(c) for c in _EXTRA]
 
 
 def text_color(rgba: Sequence[float]) -> str:

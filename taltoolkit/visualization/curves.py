@@ -17,9 +17,10 @@ LOSSES, LR, EVAL = "losses", "learning rate", "evaluation mAP (%)"
 
 
 def group_tags(tags: Sequence[str]) -> dict[str, list[str]]:
-    """Panel title -> tags, in the order losses, learning rate, evaluation mAP, then one panel
-    per remaining prefix (``epoch/seconds`` -> "epoch", ``copl/nmi`` -> "copl"; training
-    diagnostics that are not losses -> "train: other")."""
+    """Panel title -> tags: losses (``train/*loss*``), learning rate, evaluation mAP, then
+    ``<prefix>: losses`` for other loss tags (``epoch/loss`` epoch means), "speed"
+    (``seconds``, ``*_per_s``), "train: other" for other training diagnostics and one panel
+    per remaining prefix (``copl/nmi`` -> "copl", ``iter1/purity`` -> "iter1")."""
     groups: dict[str, list[str]] = {LOSSES: [], LR: [], EVAL: []}
     for tag in tags:
         prefix, _, name = tag.rpartition("/")
@@ -28,14 +29,22 @@ def group_tags(tags: Sequence[str]) -> dict[str, list[str]]:
             key = LR
         elif "mAP" in name:  # case-sensitive: "heatmap_loss" is a loss
             key = EVAL
-        elif "loss" in low and (prefix in ("", "train") or prefix.startswith("train")):
-            key = LOSSES
+        elif low == "seconds" or low.endswith("_per_s"):
+            key = "speed"
+        elif "loss" in low:
+            key = LOSSES if prefix in ("", "train") else f"{prefix}: losses"
         elif prefix in ("", "train"):
             key = "train: other"
         else:
             key = prefix
         groups.setdefault(key, []).append(tag)
     return {k: v for k, v in groups.items() if v}
+
+
+def _labels(tags: Sequence[str]) -> list[str]:
+    """Legend labels: the names alone when the panel's tags share one prefix."""
+    prefixes = {t.rpartition("/")[0] for t in tags}
+    return [t.rpartition("/")[2] for t in tags] if len(prefixes) == 1 else list(tags)
 
 
 def plot_training_curves(
@@ -58,13 +67,12 @@ def plot_training_curves(
     axes = fig.subplots(nrows, ncols, squeeze=False).reshape(-1)
     for ax, (group, tags) in zip(axes, groups.items()):
         positive = True
-        for tag in tags:
+        for tag, label in zip(tags, _labels(tags)):
             xs = [float(x) for x, _ in scalars[tag]]
             ys = [float(y) for _, y in scalars[tag]]
             positive &= all(y > 0 for y in ys if not math.isnan(y))
             few = len(xs) <= 3  # a point or two (a final evaluation) would be invisible as a line
-            ax.plot(xs, ys, marker="o" if few else None, markersize=4, linewidth=1.1,
-                    label=tag.split("/", 1)[1] if group in (LOSSES, LR) and "/" in tag else tag)
+            ax.plot(xs, ys, marker="o" if few else None, markersize=4, linewidth=1.1, label=label)
         if group == LR and positive:
             values = [y for t in tags for _, y in scalars[t] if not math.isnan(y)]
             if values and max(values) / min(values) > 20:

@@ -11,13 +11,26 @@ __all__ = ["plot_pseudo_label_quality", "pseudo_label_rounds"]
 
 
 def pseudo_label_rounds(stage_metrics: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The entries of metrics.json's ``stage_metrics`` that report pseudo-labels (``count``,
-    ``precision`` and ``recall``), each with ``round`` set to the stage name."""
+    """The rounds in metrics.json's ``stage_metrics`` that report pseudo-labels, as
+    ``{"round": stage name, "count", "precision", "recall"}``: from an entry's own ``count``,
+    ``precision`` and ``recall``, or from APL's ``pseudo_quality`` (the final pseudo-labels of
+    the round: ``num_pseudo``, ``pos_acc`` -- the share with a same-class hidden instance at
+    tIoU > 0.5 -- and ``recall``)."""
     out = []
     for m in stage_metrics:
-        if all(isinstance(m.get(k), (int, float)) for k in ("count", "precision", "recall")):
-            out.append({**m, "round": m.get("round", m.get("stage", len(out) + 1))})
+        q = m.get("pseudo_quality")
+        if all(_number(m.get(k)) for k in ("count", "precision", "recall")):
+            row = {"count": m["count"], "precision": m["precision"], "recall": m["recall"]}
+        elif isinstance(q, Mapping) and all(_number(q.get(k)) for k in ("num_pseudo", "pos_acc", "recall")):
+            row = {"count": q["num_pseudo"], "precision": q["pos_acc"], "recall": q["recall"]}
+        else:
+            continue
+        out.append({"round": m.get("round", m.get("stage", len(out) + 1)), **row})
     return out
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def plot_pseudo_label_quality(

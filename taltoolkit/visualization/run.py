@@ -325,10 +325,12 @@ def select_videos(data: RunData, names: Sequence[str] | None, num_videos: int) -
 
 
 def training_scalars(data: RunData) -> tuple[dict[str, Any], str, list[tuple[float, str]]] | None:
-    """Curves of the run: the per-step scalars of scalars.jsonl when the training loop logged
-    any (tags ``group/name``), else the per-epoch history of metrics.json; None without either."""
-    logged = {t: s for t, s in data.scalars.items() if "/" in t}
-    if logged:
+    """Curves of the run: the scalars of scalars.jsonl when the training loop logged any (tags
+    ``group/name``), else the per-epoch history of metrics.json; None without either."""
+    if any("/" in t for t in data.scalars):
+        # The final mAP per tIoU (logged untagged at the end) is the metrics table; of it, the
+        # curves keep the average as the last point of the evaluation panel.
+        logged = {t: s for t, s in data.scalars.items() if "/" in t or t == "average_mAP"}
         return logged, "step", []
     if data.metrics and data.metrics.get("history"):
         from taltoolkit.visualization.curves import scalars_from_history

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from matplotlib.patheffects import withStroke
+
 from taltoolkit.visualization._figure import Color, class_colors, legend_handles, new_figure, save_png, text_color
 
 # An instance: {"label": class name, "segment": [start, end] seconds, "score": float (detections)}.
@@ -92,9 +94,13 @@ def plot_timeline(
             y = row_top - lane - 0.9
             ax.broken_barh([(s, max(e - s, x_max * 1e-3))], (y, 0.8), facecolors=[color],
                            edgecolor="black", linewidth=0.4)
-            if scored:  # on a bar narrower than the label the text stands on the background
+            if scored:
+                wide = e - s >= label_width
+                # On a bar narrower than the label, the text spills onto the background: black
+                # with a white outline reads on both.
                 ax.text((s + e) / 2, y + 0.4, f"{float(d['score']):.2f}", ha="center", va="center", fontsize=6.5,
-                        color=text_color(color) if e - s >= label_width else "black", clip_on=True)
+                        color=text_color(color) if wide else "black", clip_on=True,
+                        path_effects=None if wide else [withStroke(linewidth=2.0, foreground="white")])
         if not entries:
             ax.text(x_max / 2, row_top - 0.5, "no detections" if scored else "no ground truth",
                     ha="center", va="center", fontsize=7, color="gray")
