@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from taltoolkit.atomicio import atomic_write_text
+from taltoolkit.visualization.layout import PLOTS_DIR, VIDEOS_DIR
 
 __all__ = ["write_report"]
 
@@ -91,8 +92,6 @@ def write_report(
     it is shown (the curves, AP per class, pseudo-labels first, then any a method wrote).
     ``videos``: ``[(video, [its PNGs])]`` to show (default: every PNG under ``plots/videos``).
     """
-    from taltoolkit.visualization.run import PLOTS_DIR, VIDEOS_DIR
-
     run_dir = Path(data.run_dir)
     plots = Path(plots_dir) if plots_dir is not None else run_dir / PLOTS_DIR
     metrics = data.metrics or {}

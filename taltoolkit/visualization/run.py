@@ -32,14 +32,10 @@ import numpy as np
 
 from taltoolkit.atomicio import atomic_write_bytes, atomic_write_text
 from taltoolkit.visualization._figure import class_colors, file_stem
+from taltoolkit.visualization.layout import ACTIVATIONS_FILE, GROUND_TRUTH_FILE, PLOTS_DIR, REPORT_FILE, VIDEOS_DIR
 
 log = logging.getLogger("taltoolkit")
 
-PLOTS_DIR = "plots"
-VIDEOS_DIR = "videos"
-GROUND_TRUTH_FILE = "ground_truth.json"
-ACTIVATIONS_FILE = "activations.npz"
-REPORT_FILE = "report.html"
 DEFAULT_NUM_VIDEOS = 3
 DEFAULT_TOP_K = 10
 
