@@ -69,8 +69,6 @@ def test_logger_config_writes_every_backend_it_names(compose, name, tmp_path, mo
     _log_all(lg)
 
     _assert_scalars(read_scalars(tmp_path / "scalars.jsonl"))  # always kept in the run folder
-    assert {k: [(s, round(v, 6)) for s, v in val] for k, val in lg.history.items()} == \
-        {k: [(s, round(v, 6)) for s, v in val] for k, val in EXPECTED.items()}  # and in memory
     has_tb = (tmp_path / "tensorboard").is_dir()
     has_wandb = (tmp_path / "wandb").is_dir()
     assert has_tb == (name in ("tensorboard", "all"))

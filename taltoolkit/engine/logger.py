@@ -57,7 +57,6 @@ class RunLogger:
         self.tensorboard_dir = tensorboard_dir
         self.flush_secs = flush_secs
         self.resuming = resuming
-        self.history: dict[str, list[tuple[int, float]]] = {}  # tag -> [(step, value)], this process's calls
         self._writer: Any = None  # torch SummaryWriter, opened at the first log
         self._last_step: int | None = None
         self._wandb_step: int | None = None
@@ -105,8 +104,6 @@ class RunLogger:
         if not values:
             return
         now = time.time()
-        for tag, v in values.items():
-            self.history.setdefault(tag, []).append((step, v))
         if self.scalars_path is not None:
             line = json.dumps({"step": step, "time": round(now, 3),
                                "values": {k: (v if math.isfinite(v) else None) for k, v in values.items()}})
