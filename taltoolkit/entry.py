@@ -1,31 +1,198 @@
-"""``run(cfg)``: compose dataset, model, method, trainer and evaluation from one config.
+"""``run(cfg)``: one run from one config -- build, fit, evaluate, report.
 
 ``tools/run.py`` is a thin ``@hydra.main`` wrapper around this function; tests and research
-code call it with a config from Hydra's compose API. Every object is built with
-``hydra.utils.instantiate`` from a ``_target_`` and plain keyword arguments; each target is
-logged so that a failing construction is easy to locate (set ``HYDRA_FULL_ERROR=1`` for
-Hydra's full traceback).
+code call it with a config from Hydra's compose API. Every object, the trainer included, is
+built with ``hydra.utils.instantiate`` from a ``_target_`` and plain keyword arguments; each
+target is logged so that a failing construction is easy to locate (set
+``HYDRA_FULL_ERROR=1`` for Hydra's full traceback).
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import os
+import shutil
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from taltoolkit.jsonio import dump_json  # noqa: F401 - part of this module's API
+from taltoolkit import collectives
+from taltoolkit.atomicio import atomic_write_text
+from taltoolkit.data.errors import CheckpointError, ConfigError, DataError, UserInputError
+from taltoolkit.data.sampling import make_dataset
+from taltoolkit.engine import distributed as dist_utils
+from taltoolkit.engine.checkpoint import load_checkpoint
+from taltoolkit.engine.evaluator import Evaluator
+from taltoolkit.engine.hooks import FitResult, TrainData
+from taltoolkit.engine.logger import RunLogger
+from taltoolkit.engine.method import Method
+from taltoolkit.engine.reporting import write_run_outputs
+from taltoolkit.engine.trainer import Trainer, seed_everything
+from taltoolkit.evaluation.errors import EvaluationError
+from taltoolkit.evaluation.presets import get_preset, resolve_preset
+from taltoolkit.jsonio import dump_json
+from taltoolkit.structures import Video
 
 log = logging.getLogger("taltoolkit")
 
+__all__ = ["RunParts", "build", "claim_output_dir", "dump_json", "output_dir_from", "report", "run",
+           "setup_logging", "start_run"]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one method on one dataset; returns the metrics written to metrics.json."""
+    try:
+        return _run(cfg)
+    finally:
+        dist_utils.cleanup()  # under torchrun: leave the process group before the process exits
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
+    out_dir = output_dir_from(cfg)
+    # Settings first: a bad value fails here, before the output folder is touched or data read.
+    trainer: Trainer = _instantiate(cfg.trainer, "trainer", _convert_="all")
+    labelled_fraction = _check_labelled_fraction(cfg.get("labelled_fraction"))
+    run_config = start_run(cfg, out_dir, resuming=bool(trainer.resume))
+    parts = build(cfg, trainer, labelled_fraction)
+    run_logger = RunLogger.from_config(cfg.get("logger"), out_dir, cfg)
+    if cfg.get("weights"):
+        fit = load_weights(parts.method, cfg.weights, run_config, trainer.device)
+    else:
+        fit = trainer.fit(parts.method, parts.train, out_dir, parts.evaluator, seed=int(cfg.seed),
+                          run_config=run_config, run_logger=run_logger)
+        if fit.interrupted:
+            run_logger.finish()
+            return {"interrupted": True, "history": fit.history}
+    evaluated = parts.evaluator.evaluate(parts.method)  # every rank predicts a share of the test videos
+    return report(cfg, parts, fit, evaluated, out_dir, run_logger)
+
+
+@dataclass
+class RunParts:
+    """What :func:`build` makes from a config."""
+
+    dataset: Any  # a TALDataset (or anything with its interface)
+    method: Method
+    label_mode: str
+    preset: str  # the evaluation preset's name
+    subset: str  # the evaluated subset
+    train: TrainData
+    test_videos: list[Video]
+    evaluator: Evaluator  # the test set under the preset's protocol
+
+
+def start_run(cfg: DictConfig, out_dir: Path, resuming: bool) -> dict[str, Any]:
+    """Claim the output folder, log to it, seed, write config.yaml; the resolved config."""
+    if collectives.is_main():  # rank 0 alone: the others would see the config.yaml rank 0 writes
+        claim_output_dir(out_dir, resuming=resuming, overwrite=bool(cfg.get("overwrite", False)))
+    setup_logging(out_dir)
+    seed_everything(int(cfg.seed))
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    if collectives.is_main():
+        atomic_write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    return run_config  # type: ignore[return-value]
+
+
+def build(cfg: DictConfig, trainer: Trainer, labelled_fraction: float | None = None) -> RunParts:
+    """The dataset, the method (with its model and memory branch), the training data in the
+    method's label regime and sampling, and the test evaluator under the dataset's preset."""
+    dataset = _instantiate(cfg.dataset, "dataset")
+    method = build_method(cfg, dataset)
+    postprocess = _instantiate(cfg.postprocess, "postprocess", _partial_=True)
+    label_mode = cfg.get("label_mode") or method.label_mode
+    if labelled_fraction is not None and label_mode != "semi":
+        log.warning("labelled_fraction=%s is ignored: %s trains with label_mode=%s, and only label_mode=semi "
+                    "(e.g. method=apl) keeps labels on a fraction of the training videos",
+                    labelled_fraction, type(method).__name__, label_mode)
+    ev_cfg = cfg.get("evaluation") or {}
+    preset_name = ev_cfg.get("preset") or _dataset_preset(dataset, method.paradigm)
+    preset = get_preset(preset_name)
+    subset = ev_cfg.get("subset") or dataset.test_subset
+    ground_truth = dataset.ground_truth(subset)
+    _check_ground_truth(ground_truth, subset, dataset)
+    train_videos = dataset.train_videos(
+        label_mode=label_mode,
+        # A top-level labelled_fraction wins; else the method's own default (APL: method.labelled_fraction).
+        labelled_fraction=labelled_fraction if labelled_fraction is not None
+        else getattr(method, "labelled_fraction", None),
+        split_seed=int(cfg.get("split_seed", 0))
+    )
+    test_videos = dataset.test_videos()
+    log.info(
+        "%s: %d training videos (labels: %s), %d test videos, %d classes, features %d-d, device %s",
+        dataset.name, len(train_videos), label_mode, len(test_videos), dataset.num_classes,
+        dataset.feature_dim, trainer.device,
+    )
+    sampler = partial(make_dataset, method.sampling, num_segments=dataset.num_segments,
+                      max_seq_len=dataset.max_seq_len, rule=method.sampling_rule, test_sampling=method.test_sampling)
+    tiou = list(ev_cfg.get("tiou_thresholds") or preset.tiou_thresholds)
+    evaluator = Evaluator(test_videos, dataset.classes, ground_truth, subset, tiou, postprocess,
+                          partial(sampler, training=False), trainer.device, averages=preset.averages,
+                          progress=trainer.progress)
+    names = {v.name for v in train_videos}
+    train = TrainData(
+        train_videos, lambda videos, seed: sampler(videos, training=True, seed=seed),
+        reference={v.name: v for v in dataset.all_videos() if v.name in names},
+        ground_truth=lambda: dataset.ground_truth(dataset.train_subset), subset=dataset.train_subset,
+    )
+    return RunParts(dataset, method, label_mode, preset_name, subset, train, test_videos, evaluator)
+
+
+def build_method(cfg: DictConfig, dataset: Any) -> Method:
+    """The method with its model (``in_dim``/``num_classes`` from the dataset) and memory branch."""
+    model = None
+    if cfg.get("model") is not None:
+        model = _instantiate(cfg.model, "model", in_dim=dataset.feature_dim, num_classes=dataset.num_classes)
+    extra: dict[str, Any] = {}
+    # memory_branch=none composes to a node without _target_ (empty, or holding a
+    # method_dataset's tweaks for when the branch is on).
+    if cfg.get("memory_branch") and "_target_" in cfg.memory_branch:
+        extra["memory_branch"] = _memory_branch(cfg)
+    return _instantiate(cfg.method, "method", model=model, **extra)
+
+
+def load_weights(method: Method, path: Any, run_config: dict[str, Any], device: Any) -> FitResult:
+    """Evaluation only: the weights of an earlier run (its checkpoints/inference.pt or last.ckpt)."""
+    state = load_checkpoint(path, map_location=device, key="weights")
+    _load_weights(method, state, path, run_config)
+    method.to(device)
+    log.info("evaluating the weights in %s (no training)", path)
+    return FitResult(selected={"weights": str(path), "note": "evaluation only (weights=...)"})
+
+
+def report(cfg: DictConfig, parts: RunParts, fit: FitResult, evaluated: tuple[dict[str, Any], Any, Any],
+           out_dir: Path, run_logger: RunLogger) -> dict[str, Any]:
+    """metrics.json (the test metrics and how the run got them), predictions.json, the printed
+    table and the plots (rank 0); every rank returns the metrics."""
+    metrics, detections, outputs = evaluated
+    if collectives.is_main():
+        metrics.update(
+            method=type(parts.method).__name__,
+            dataset=parts.dataset.name,
+            label_mode=parts.label_mode,
+            subset=parts.subset,
+            preset=parts.preset,
+            model_selection=fit.selected,
+            history=fit.history,
+            evaluations=fit.evaluations,
+            stage_metrics=fit.stage_metrics,
+            seed=int(cfg.seed),
+            world_size=collectives.world_size(),
+            device=str(parts.evaluator.device),
+        )
+        write_run_outputs(out_dir, metrics, detections, outputs, parts.test_videos, parts.dataset.classes, run_logger)
+    collectives.barrier()
+    run_logger.finish()
+    return collectives.broadcast_object(metrics)
+
 
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
-    from hydra.utils import instantiate
-
-    from taltoolkit.data.errors import UserInputError
-
     target = node.get("_target_", "?")
     log.info("building %s: %s", what, target)
     try:
@@ -48,8 +215,6 @@ def output_dir_from(cfg: DictConfig) -> Path:
     if cfg.get("output_dir"):
         return Path(cfg.output_dir)
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         return Path(HydraConfig.get().runtime.output_dir)
     except Exception:  # noqa: BLE001 - compose API without a Hydra run: fall back to ./outputs
         return Path("outputs") / "run"
@@ -57,8 +222,6 @@ def output_dir_from(cfg: DictConfig) -> Path:
 
 def setup_logging(out_dir: Path) -> None:
     """Log to stderr and to ``out_dir/run.log`` (Hydra's own handlers are kept when present)."""
-    import os
-
     out_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     if int(os.environ.get("RANK", "0")) != 0:
@@ -88,160 +251,6 @@ class ConsoleFilter(logging.Filter):
         return getattr(record, "console", True)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one method on one dataset; returns the metrics written to metrics.json."""
-    from taltoolkit.engine import distributed as dist_utils
-
-    try:
-        return _run(cfg)
-    finally:
-        dist_utils.cleanup()  # under torchrun: leave the process group before the process exits
-
-
-def _run(cfg: DictConfig) -> dict[str, Any]:
-    import torch
-
-    from taltoolkit.data.sampling import make_dataset
-    from taltoolkit.engine.checkpoint import atomic_write_bytes, checkpoint_meta, load_checkpoint, save_checkpoint
-    from taltoolkit.engine import distributed as dist_utils
-    from taltoolkit.engine.evaluator import Evaluator
-    from taltoolkit.engine.logger import RunLogger
-    from taltoolkit.engine.reporting import write_run_outputs
-    from taltoolkit.engine.trainer import FitResult, Trainer, seed_everything
-    from taltoolkit.evaluation.presets import get_preset
-
-    out_dir = output_dir_from(cfg)
-    # Settings first: a bad value fails here, before the output folder is touched or data read.
-    trainer = Trainer(**OmegaConf.to_container(cfg.trainer, resolve=True))  # type: ignore[arg-type]
-    labelled_fraction = _check_labelled_fraction(cfg.get("labelled_fraction"))
-    if dist_utils.is_main():  # rank 0 alone: the others would see the config.yaml rank 0 writes
-        claim_output_dir(out_dir, resuming=bool(trainer.resume), overwrite=bool(cfg.get("overwrite", False)))
-    setup_logging(out_dir)
-    seed_everything(int(cfg.seed))
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    if dist_utils.is_main():
-        yaml_text = OmegaConf.to_yaml(cfg, resolve=True).encode()
-        atomic_write_bytes(out_dir / "config.yaml", lambda f: f.write(yaml_text))
-
-    dataset = _instantiate(cfg.dataset, "dataset")
-    model = None
-    if cfg.get("model") is not None:
-        model = _instantiate(cfg.model, "model", in_dim=dataset.feature_dim, num_classes=dataset.num_classes)
-    extra: dict[str, Any] = {}
-    # memory_branch=none composes to a node without _target_ (empty, or holding a
-    # method_dataset's tweaks for when the branch is on).
-    if cfg.get("memory_branch") and "_target_" in cfg.memory_branch:
-        extra["memory_branch"] = _memory_branch(cfg)
-    method = _instantiate(cfg.method, "method", model=model, **extra)
-    postprocess = _instantiate(cfg.postprocess, "postprocess", _partial_=True)
-
-    label_mode = cfg.get("label_mode") or method.label_mode
-    if labelled_fraction is not None and label_mode != "semi":
-        log.warning("labelled_fraction=%s is ignored: %s trains with label_mode=%s, and only label_mode=semi "
-                    "(e.g. method=apl) keeps labels on a fraction of the training videos",
-                    labelled_fraction, type(method).__name__, label_mode)
-
-    ev_cfg = cfg.get("evaluation") or {}
-    preset_name = ev_cfg.get("preset") or _dataset_preset(dataset, method.paradigm)
-    preset = get_preset(preset_name)
-    tiou = list(ev_cfg.get("tiou_thresholds") or preset.tiou_thresholds)
-    subset = ev_cfg.get("subset") or dataset.test_subset
-    ground_truth = dataset.ground_truth(subset)
-    _check_ground_truth(ground_truth, subset, dataset)
-
-    train_videos = dataset.train_videos(
-        label_mode=label_mode,
-        # A top-level labelled_fraction wins; else the method's own default (APL: method.labelled_fraction).
-        labelled_fraction=labelled_fraction if labelled_fraction is not None
-        else getattr(method, "labelled_fraction", None),
-        split_seed=int(cfg.get("split_seed", 0))
-    )
-    test_videos = dataset.test_videos()
-    log.info(
-        "%s: %d training videos (labels: %s), %d test videos, %d classes, features %d-d, device %s",
-        dataset.name, len(train_videos), label_mode, len(test_videos), dataset.num_classes,
-        dataset.feature_dim, trainer.device,
-    )
-
-    def sampler(videos, training: bool, seed: int = 0):  # noqa: ANN001, ANN202
-        return make_dataset(method.sampling, videos, training=training, seed=seed,
-                            num_segments=dataset.num_segments, max_seq_len=dataset.max_seq_len,
-                            rule=method.sampling_rule, test_sampling=method.test_sampling)
-
-    make_test_dataset = partial(sampler, training=False)
-
-    def make_train_dataset(videos, seed):  # noqa: ANN001, ANN202
-        return sampler(videos, training=True, seed=seed)
-
-    evaluator = Evaluator(
-        test_videos, dataset.classes, ground_truth, subset, tiou, postprocess,
-        make_test_dataset, trainer.device, averages=preset.averages, progress=trainer.progress,
-    )
-    select_eval = None
-    if trainer.model_selection == "held_out":
-        train_videos, held_out = _split_held_out(train_videos, trainer.held_out_fraction, int(cfg.seed))
-        full = {v.name: v for v in dataset.all_videos()}
-        held_full = [full[v.name] for v in held_out]
-        held_eval = Evaluator(
-            held_full, dataset.classes, dataset.ground_truth(dataset.train_subset), dataset.train_subset, tiou,
-            postprocess, make_test_dataset, trainer.device, averages=preset.averages,
-        )
-        select_eval = lambda m: held_eval.evaluate(m)[0]  # noqa: E731
-        log.info("model selection on %d held-out training videos (trainer.model_selection=held_out)", len(held_full))
-
-    run_logger = RunLogger.from_config(cfg.get("logger"), out_dir, cfg)
-    if cfg.get("weights"):
-        # Evaluation only: weights of an earlier run (its checkpoints/inference.pt or last.ckpt).
-        state = load_checkpoint(cfg.weights, map_location=trainer.device, key="weights")
-        _load_weights(method, state, cfg.weights, run_config)
-        method.to(trainer.device)
-        fit = FitResult(selected={"weights": str(cfg.weights), "note": "evaluation only (weights=...)"})
-        log.info("evaluating the weights in %s (no training)", cfg.weights)
-    else:
-        train_names = {v.name for v in train_videos}
-        fit = trainer.fit(
-            method,
-            train_videos,
-            make_train_dataset,
-            evaluator.predict,
-            (lambda m: evaluator.evaluate(m)[0]),
-            out_dir,
-            seed=int(cfg.seed),
-            select_evaluate=select_eval,
-            reference_videos={v.name: v for v in dataset.all_videos() if v.name in train_names},
-            run_config=run_config,
-        )
-        if fit.selected.get("weights") == "interrupted":
-            return {"interrupted": True, "history": fit.history}
-        if dist_utils.is_main():
-            save_checkpoint(out_dir / "checkpoints" / "inference.pt",
-                            {"method": method.inference_state_dict(), "method_extra": method.extra_state()},
-                            checkpoint_meta("inference", method=type(method).__name__, config=run_config))
-
-    metrics, dets, outputs = evaluator.evaluate(method)  # every rank predicts a share of the test videos
-    if dist_utils.is_main():
-        metrics.update(
-            method=type(method).__name__,
-            dataset=dataset.name,
-            label_mode=label_mode,
-            subset=subset,
-            preset=preset_name,
-            model_selection=fit.selected,
-            history=fit.history,
-            evaluations=fit.evaluations,
-            stage_metrics=fit.stage_metrics,
-            seed=int(cfg.seed),
-            world_size=dist_utils.world_size(),
-            device=str(trainer.device),
-        )
-        write_run_outputs(out_dir, metrics, dets, outputs, test_videos, dataset.classes, run_logger)
-    dist_utils.barrier()
-    run_logger.finish()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        metrics = dist_utils.broadcast_object(metrics)
-    return metrics
-
-
 # What a run that got as far as training or evaluating leaves in its output folder; any of
 # them there means the folder holds a run. (config.yaml alone is a run that failed during
 # setup: nothing of value would be replaced.)
@@ -255,10 +264,6 @@ def claim_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:
     checkpoints and mix two runs in one run.log. ``trainer.resume=PATH`` continues a run in
     place; ``overwrite=true`` deletes the earlier run's outputs (and starts run.log afresh).
     """
-    import shutil
-
-    from taltoolkit.data.errors import ConfigError
-
     present = [name for name in RUN_OUTPUTS if (out_dir / name).exists()]
     if not present or resuming:
         return
@@ -284,8 +289,6 @@ def _logged_to(path: Path) -> bool:
 
 
 def _check_labelled_fraction(value: Any) -> float | None:
-    from taltoolkit.data.errors import ConfigError
-
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
@@ -296,8 +299,6 @@ def _check_labelled_fraction(value: Any) -> float | None:
 
 def _check_ground_truth(ground_truth: dict[str, Any], subset: str, dataset: Any) -> None:
     """An evaluation subset without ground truth would fail only after training: fail now."""
-    from taltoolkit.data.errors import DataError
-
     n = sum(len(v.get("annotations", [])) for v in ground_truth.values())
     if n == 0:
         source = getattr(getattr(dataset, "annotations", None), "source", "") or "the annotations"
@@ -310,8 +311,6 @@ def _check_ground_truth(ground_truth: dict[str, Any], subset: str, dataset: Any)
 
 def _load_weights(method: Any, state: dict[str, Any], path: Any, run_config: dict[str, Any]) -> None:
     """Load ``weights=`` into ``method``; a checkpoint of another method or network is named as such."""
-    from taltoolkit.data.errors import CheckpointError
-
     meta = state.get("_taltoolkit", {})
     this = type(method).__name__
     saved_cfg = meta.get("config") or {}
@@ -362,10 +361,6 @@ def _config_differences(a: dict[str, Any], b: dict[str, Any], keys: tuple[str, .
 
 def _memory_branch(cfg: DictConfig) -> Any:
     """The memory branch partial for methods that can carry one (``memory_branch=rmgcl``)."""
-    import inspect
-
-    from hydra.utils import get_object
-
     target = cfg.method.get("_target_")
     if target is None or "memory_branch" not in inspect.signature(get_object(target)).parameters:
         raise ValueError(
@@ -375,21 +370,8 @@ def _memory_branch(cfg: DictConfig) -> Any:
     return _instantiate(cfg.memory_branch, "memory_branch", _partial_=True)
 
 
-def _split_held_out(videos, fraction: float, seed: int):  # noqa: ANN001, ANN202
-    import numpy as np
-
-    rng = np.random.default_rng(seed + 12345)
-    n_held = max(1, int(round(len(videos) * fraction)))
-    held = set(rng.choice(len(videos), n_held, replace=False).tolist())
-    return [v for i, v in enumerate(videos) if i not in held], [v for i, v in enumerate(videos) if i in held]
-
-
 def _dataset_preset(dataset: Any, paradigm: str) -> str:
     """The evaluation preset the dataset names (``dataset.evaluation_preset``) for ``paradigm``."""
-    from taltoolkit.data.errors import ConfigError
-    from taltoolkit.evaluation.errors import EvaluationError
-    from taltoolkit.evaluation.presets import resolve_preset
-
     try:
         return resolve_preset(getattr(dataset, "evaluation_preset", None), paradigm, f"dataset {dataset.name!r}")
     except EvaluationError as e:

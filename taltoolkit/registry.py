@@ -27,6 +27,8 @@ KINDS = (
     "branch",
     "postprocessor",
     "method",
+    "trainer",
+    "scheduler",
 )
 
 # Modules that register components when imported; list_components() imports them all.
@@ -35,6 +37,8 @@ COMPONENT_MODULES = (
     "taltoolkit.models",
     "taltoolkit.postprocess",
     "taltoolkit.methods",
+    "taltoolkit.engine.trainer",
+    "taltoolkit.engine.schedules",
 )
 
 

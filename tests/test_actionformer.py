@@ -1,6 +1,8 @@
 """ActionFormer: label assignment, losses against direct transcriptions, masking, decoding."""
 from __future__ import annotations
 
+from functools import partial
+
 import math
 
 import pytest
@@ -308,7 +310,7 @@ def test_weight_decay_split_exempts_norms_biases_and_scales():
         assert (f"model.{n}" in exempt) == want, n
     assert any(n.endswith("scale_attn.scale") for n in exempt)
     # the trainer puts them in a group without decay
-    trainer = Trainer(optimizer="adamw", weight_decay=0.05, device="cpu", progress=False)
+    trainer = Trainer(optimizer=partial(torch.optim.AdamW), weight_decay=0.05, device="cpu", progress=False)
     params = [p for p in m.parameters() if p.requires_grad]
     opt = trainer.build_optimizer(params, Stage(), m.no_weight_decay_parameters())
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]

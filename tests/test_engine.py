@@ -8,9 +8,12 @@ import pytest
 import torch
 from torch import nn
 
+from functools import partial
+
 from taltoolkit.engine.checkpoint import atomic_write_bytes, load_checkpoint
 from taltoolkit.engine.method import Method, Stage
-from taltoolkit.engine.trainer import GlobalBatchSampler, Trainer, seed_everything
+from taltoolkit.engine.schedules import per_step_schedule
+from taltoolkit.engine.trainer import GlobalBatchSampler, TrainData, Trainer, seed_everything
 
 
 class ToyData(torch.utils.data.Dataset):
@@ -73,14 +76,17 @@ class ToyMethod(Method):
         self.pseudo = state["pseudo"]
 
 
+def toy_data(reference=None) -> TrainData:
+    return TrainData(list(range(24)), lambda videos, seed: (ToyData(len(videos), seed), collate),
+                     reference=reference or {})
+
+
 def _fit(tmp: Path, **trainer_kw):
     seed_everything(0)
     method = ToyMethod()
-    trainer = Trainer(batch_size=8, lr=1e-2, device="cpu", progress=False, scheduler="cosine", **trainer_kw)
-    result = trainer.fit(
-        method, list(range(24)), lambda videos, seed: (ToyData(len(videos), seed), collate),
-        predict_videos=lambda m, v: [], evaluate=None, out_dir=tmp,
-    )
+    trainer = Trainer(batch_size=8, lr=1e-2, device="cpu", progress=False,
+                      scheduler=partial(per_step_schedule, decay="cosine"), **trainer_kw)
+    result = trainer.fit(method, toy_data(), tmp)
     return method, result
 
 
@@ -164,8 +170,12 @@ def test_global_batch_sampler_shards_the_same_global_batches():
 def test_bad_trainer_options():
     with pytest.raises(ValueError, match="model_selection"):
         Trainer(model_selection="best")
-    with pytest.raises(ValueError, match="optimizer"):
-        Trainer(optimizer="lamb")
+    with pytest.raises(ValueError, match="trainer.optimizer"):
+        Trainer(optimizer="lamb")  # not a partial
+    with pytest.raises(ValueError, match="trainer.optimizer.*beta"):
+        Trainer(optimizer=partial(torch.optim.Adam, betas=(1.5, 0.999)))
+    with pytest.raises(ValueError, match="trainer.scheduler.decay"):
+        Trainer(scheduler=partial(per_step_schedule, decay="linear"))
 
 
 def test_feature_bank_gathers_what_the_loader_would():
@@ -203,8 +213,5 @@ def test_stage_context_carries_reference_videos(tmp_path):
             seen.append(dict(context.reference_videos))
 
     trainer = Trainer(batch_size=8, lr=1e-2, device="cpu", progress=False)
-    trainer.fit(
-        Capture(), list(range(24)), lambda videos, seed: (ToyData(len(videos), seed), collate),
-        predict_videos=lambda m, v: [], evaluate=None, out_dir=tmp_path, reference_videos={"a": "full-a"},
-    )
+    trainer.fit(Capture(), toy_data(reference={"a": "full-a"}), tmp_path)
     assert seen == [{"a": "full-a"}, {"a": "full-a"}]

@@ -19,7 +19,7 @@ from taltoolkit.data.errors import CheckpointError, ConfigError, DataError
 from taltoolkit.engine.checkpoint import checkpoint_meta, load_checkpoint, save_checkpoint
 from taltoolkit.engine.method import Stage
 from taltoolkit.engine.trainer import Trainer, seed_everything
-from test_engine import ToyData, ToyMethod, _fit, _state, collate
+from test_engine import ToyMethod, _fit, _state, toy_data
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_PY = REPO / "tools" / "run.py"
@@ -200,15 +200,21 @@ class ScoredMethod(ToyMethod):
         self.where[1] = epoch
 
 
+class ScoreTable:
+    """An evaluator whose mAP is ScoredMethod's fixed score of the epoch the method is at."""
+
+    def evaluate(self, method):
+        return {"average_mAP": ScoredMethod.SCORES[tuple(method.where)]}, {}, []
+
+    def predict(self, method, videos):
+        return []
+
+
 def _fit_selected(tmp: Path, **kw):
     seed_everything(0)
     method = ScoredMethod()
     trainer = Trainer(batch_size=8, lr=1e-2, device="cpu", progress=False, eval_every=1, model_selection="test", **kw)
-    result = trainer.fit(
-        method, list(range(24)), lambda videos, seed: (ToyData(len(videos), seed), collate),
-        predict_videos=lambda m, v: [], evaluate=lambda m: {"average_mAP": ScoredMethod.SCORES[tuple(m.where)]},
-        out_dir=tmp,
-    )
+    result = trainer.fit(method, toy_data(), tmp, evaluator=ScoreTable())
     return method, result
 
 
@@ -233,8 +239,7 @@ def _fit_open(tmp: Path, **kw):
     seed_everything(0)
     method = OpenEnded()
     trainer = Trainer(batch_size=8, lr=1e-2, device="cpu", progress=False, **kw)
-    return trainer.fit(method, list(range(24)), lambda videos, seed: (ToyData(len(videos), seed), collate),
-                       predict_videos=lambda m, v: [], evaluate=None, out_dir=tmp)
+    return trainer.fit(method, toy_data(), tmp)
 
 
 def test_resuming_a_finished_run_with_more_epochs_says_why_not(tmp_path, caplog):

@@ -140,16 +140,16 @@ def test_rmgcl_on_thumos14_config_in_a_real_layout(compose, tmp_path):
 def test_rmgcl_builds_its_datasets_with_acmnet_sampling(compose, tiny_overrides, monkeypatch, tmp_path):
     """method.sampling_rule / method.test_sampling reach the datasets the entry point builds:
     ACM-Net's random_sample while training, and test videos longer than num_segments resampled."""
-    import taltoolkit.data.sampling as sampling
+    import taltoolkit.entry as entry
 
     seen = []
-    original = sampling.make_dataset
+    original = entry.make_dataset
 
     def spy(*args, **kw):
         seen.append((kw["training"], kw["rule"], kw["test_sampling"]))
         return original(*args, **kw)
 
-    monkeypatch.setattr(sampling, "make_dataset", spy)
+    monkeypatch.setattr(entry, "make_dataset", spy)  # what the entry point builds its datasets with
     base = ["method=rmgcl", "memory_branch=none", "trainer.max_epochs=1", *tiny_overrides]
     taltoolkit.run(compose(base))
     assert {s[1:] for s in seen} == {("acmnet", "longer")} and {s[0] for s in seen} == {True, False}

@@ -282,7 +282,7 @@ def bench_train(args: argparse.Namespace) -> dict:
     from taltoolkit.data.synthetic import generate_synthetic
     from taltoolkit.data.views import label_view
     from taltoolkit.engine.evaluator import Evaluator
-    from taltoolkit.engine.trainer import Trainer, seed_everything
+    from taltoolkit.engine.trainer import TrainData, seed_everything
 
     t0 = time.perf_counter()
     videos, classes = generate_synthetic(
@@ -314,25 +314,23 @@ def bench_train(args: argparse.Namespace) -> dict:
         seed_everything(0)
         model = instantiate(cfg.model, in_dim=args.feature_dim, num_classes=len(classes)) if cfg.get("model") else None
         method = instantiate(cfg.method, model=model)
-        trainer = Trainer(max_epochs=args.epochs + 1, batch_size=args.batch_size, device=args.device,
-                          features_on_device=on_device, progress=False, checkpoint_every=10**9,
-                          compile=args.compile, amp=args.amp != "off",
-                          amp_dtype=args.amp if args.amp != "off" else "bfloat16",
-                          optimizer=cfg.trainer.optimizer, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
-                          grad_clip=cfg.trainer.grad_clip)
+        # The method's schedule from its config (optimizer and scheduler partials included),
+        # with this benchmark's epochs, batch size, device and options.
+        trainer = instantiate(cfg.trainer, _convert_="all", max_epochs=args.epochs + 1, batch_size=args.batch_size,
+                              device=args.device, features_on_device=on_device, progress=False,
+                              checkpoint_every=10**9, compile=args.compile, amp=args.amp != "off",
+                              amp_dtype=args.amp if args.amp != "off" else "bfloat16", eval_every=0,
+                              model_selection="last", resume=None, stop_after_epochs=None, drop_last=True)
         seq_len = getattr(args, "max_seq_len", args.num_segments)
         # Stage hooks that predict (COPL's clustering, APL's pseudo-labels) get real inference;
         # its time is not in the epoch times below.
         predictor = Evaluator(videos, classes, {}, "validation", [0.5], lambda **kw: None,
                               lambda v: make_dataset(method.sampling, v, False, 0, args.num_segments, seq_len),
                               trainer.device)
+        data = TrainData(videos, lambda v, seed: make_dataset(method.sampling, v, True, seed, args.num_segments, seq_len),
+                         reference={v.name: v for v in full_videos})
         with tempfile.TemporaryDirectory() as tmp:
-            result = trainer.fit(
-                method, videos,
-                lambda v, seed: make_dataset(method.sampling, v, True, seed, args.num_segments, seq_len),
-                predict_videos=predictor.predict, evaluate=None, out_dir=tmp,
-                reference_videos={v.name: v for v in full_videos},
-            )
+            result = trainer.fit(method, data, tmp, evaluator=predictor)
         rows = result.history[1:]  # the first epoch warms up
         t = float(np.median([r["seconds"] for r in rows]))
         run: dict[str, Any] = {"seconds_per_epoch": t, "videos_per_s": len(videos) / t}

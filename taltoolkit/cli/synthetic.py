@@ -54,13 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Here, after parsing: --help answers without loading numpy and the generator.
     from taltoolkit.data.synthetic import (
         GENERATOR_VERSION, PRESETS, annotation_set, concat_write_params, format_statistics, generate_synthetic,
         statistics_by_subset, train_test_subsets,
     )
-    from taltoolkit.data.writers import atomic_write_json, write_layout
-
-    from taltoolkit.data.writers import foreign_files
+    from taltoolkit.data.writers import atomic_write_json, foreign_files, write_layout
 
     if args.out.is_dir() and any(args.out.iterdir()):
         # Checked before generating (minutes for real-sized sets); write_layout checks again.

@@ -6,14 +6,17 @@ methods, ``segment_nms`` for detectors regressing segments).
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import sys
 from typing import Any, Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives
+from taltoolkit.engine.batching import move_batch
 from taltoolkit.engine.method import Method
-from taltoolkit.engine.trainer import move_batch
 from taltoolkit.evaluation import detection_map
 from taltoolkit.structures import Detections, Video
 
@@ -21,6 +24,8 @@ log = logging.getLogger("taltoolkit")
 
 
 class Evaluator:
+    """Predicts ``videos`` with a method, post-processes and scores them against ``ground_truth``."""
+
     def __init__(
         self,
         videos: list[Video],
@@ -45,6 +50,12 @@ class Evaluator:
         self.averages = averages or {}
         self.progress = progress
 
+    def on(self, videos: list[Video], ground_truth: dict[str, Any], subset: str) -> "Evaluator":
+        """The same protocol (post-processing, thresholds, sampling, device) on other videos:
+        the held-out training videos that model selection scores (no progress bar)."""
+        return Evaluator(videos, self.classes, ground_truth, subset, self.tiou_thresholds, self.postprocess,
+                         self.make_dataset, self.device, averages=self.averages)
+
     @torch.no_grad()
     def predict(self, method: Method, videos: list[Video]) -> list[dict[str, Any]]:
         """Run ``method.predict`` over ``videos`` one at a time, in order; outputs on CPU."""
@@ -54,9 +65,8 @@ class Evaluator:
         loader = torch.utils.data.DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=collate)
         outputs: list[dict[str, Any]] = []
         it = loader
-        if self.progress and dist_utils.is_main():
-            from tqdm.auto import tqdm
-
+        # A bar on a terminal only: in a log file its carriage returns would be one long line.
+        if self.progress and collectives.is_main() and sys.stderr.isatty():
             it = tqdm(loader, desc="predict", unit="video", leave=False, dynamic_ncols=True)
         for batch in it:
             batch = move_batch(batch, self.device)
@@ -77,7 +87,7 @@ class Evaluator:
             outputs = self.predict(method, videos)
             return [(self._postprocess(video, out), out) for video, out in zip(videos, outputs)]
 
-        pairs = dist_utils.shard_and_gather(list(self.videos), predict_and_postprocess, main_only=True)
+        pairs = collectives.shard_and_gather(list(self.videos), predict_and_postprocess, main_only=True)
         if pairs is None:
             return {}, []
         return {v.name: d for v, (d, _) in zip(self.videos, pairs)}, [out for _, out in pairs]
@@ -96,8 +106,6 @@ class Evaluator:
         )
 
     def _wants_video(self) -> bool:
-        import inspect
-
         try:
             params = inspect.signature(self.postprocess).parameters
         except (TypeError, ValueError):
@@ -110,13 +118,13 @@ class Evaluator:
         detections and outputs only on rank 0)."""
         dets, outputs = self.detections(method)
         metrics = None
-        if dist_utils.is_main():
+        if collectives.is_main():
             result = detection_map(
                 self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset,
                 averages=self.averages,
             )
             metrics = result.to_dict(percent=True)
-        return dist_utils.broadcast_object(metrics), dets, outputs
+        return collectives.broadcast_object(metrics), dets, outputs
 
 
 def _to_numpy(v: Any) -> Any:

@@ -13,19 +13,20 @@ import io
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from taltoolkit.atomicio import atomic_write_text
 from taltoolkit.tables import format_table
 
 log = logging.getLogger("taltoolkit")
-
-try:  # Hydra is a dependency, but keep the summariser importable on its own.
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[assignment,misc]
 
 SEED_KEYS = ("seed",)
 
@@ -34,8 +35,6 @@ def _job_overrides(job_dir: Path) -> list[str]:
     f = job_dir / ".hydra" / "overrides.yaml"
     if not f.is_file():
         return []
-    from omegaconf import OmegaConf
-
     return [str(o) for o in OmegaConf.load(f)]
 
 
@@ -113,16 +112,11 @@ def pin_job_resources(cfg: Any) -> None:
     runs) and, with ``trainer.device=auto`` on a machine with several GPUs, GPU
     ``job.num % count``. Outside Hydra (tests, notebooks) only ``threads`` applies.
     """
-    import os
-
-    import torch
+    import torch  # here, not at the top: summarising a sweep (the callback, python -m ...) needs no torch
 
     threads = cfg.get("threads")
     launcher_jobs = None
     try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         hc = HydraConfig.get()
         if hc.mode == RunMode.MULTIRUN and "joblib" in str(hc.launcher.get("_target_", "")):
             n = hc.launcher.get("n_jobs") or -1

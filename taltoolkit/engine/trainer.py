@@ -1,112 +1,83 @@
 """The one training loop every method runs in.
 
-Responsibilities: device, optional process group, data loaders, optimizer and scheduler
-per stage, AMP, gradient clipping, periodic evaluation, atomic checkpoints with RNG state
-so that ``trainer.resume`` continues bit-identically on CPU, and explicit model selection.
+:meth:`Trainer.fit` is a short loop over a method's stages, their epochs and the optimizer
+steps; checkpoints, periodic evaluation, model selection, metric logging, the progress bar,
+NaN checks and early stopping are hooks around it (:mod:`taltoolkit.engine.hooks`). The
+trainer itself owns the device, the optional process group, the data loaders, the optimizer
+and learning-rate schedule of each stage (Hydra partials, ``conf/trainer/*.yaml``), AMP and
+gradient clipping, and resuming bit-identically on CPU from ``trainer.resume``.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import time
-from dataclasses import dataclass, field
+import random
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from taltoolkit import collectives
 from taltoolkit.data.errors import CheckpointError, ConfigError
 from taltoolkit.engine import distributed as dist_utils
+from taltoolkit.engine.batching import GlobalBatchSampler, move_batch
+from taltoolkit.engine.checkpoint import load_checkpoint, set_rng_state
+from taltoolkit.engine.evaluator import Evaluator
 from taltoolkit.engine.feature_bank import FeatureBank, PositionsOnly
-from taltoolkit.engine.checkpoint import checkpoint_meta, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from taltoolkit.engine.hooks import (
+    MODEL_SELECTIONS,
+    Checkpointer,
+    FitResult,
+    FitState,
+    History,
+    HookBase,
+    MetricLogger,
+    ModelSelection,
+    NonFiniteLoss,
+    PeriodicEvaluation,
+    ProgressBar,
+    StopAfterEpochs,
+    TrainData,
+    call_hooks,
+    split_held_out,
+)
 from taltoolkit.engine.method import Method, Stage, StageContext
-from taltoolkit.structures import Video
+from taltoolkit.engine.schedules import per_step_schedule
+from taltoolkit.registry import register
 
 log = logging.getLogger("taltoolkit")
 
-MODEL_SELECTIONS = ("last", "held_out", "test")
+# move_batch, GlobalBatchSampler, FitResult, TrainData and MODEL_SELECTIONS are re-exported:
+# code written against this module imports them from here.
+__all__ = ["MODEL_SELECTIONS", "FitResult", "GlobalBatchSampler", "TrainData", "Trainer", "move_batch",
+           "seed_everything"]
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """A collated batch on ``device``: tensors and lists of tensors (per-video segments) move."""
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            out[k] = v.to(device, non_blocking=True)
-        elif isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-            out[k] = [t.to(device, non_blocking=True) for t in v]
-        else:
-            out[k] = v
-    return out
-
-
-class GlobalBatchSampler(Sampler[list[int]]):
-    """Seeded per-epoch shuffle cut into global batches; each rank takes its slice.
-
-    Every rank draws the same permutation, so with W ranks the union of the ranks' batches
-    is exactly the batch a single process would see with the same global batch size.
-    """
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int) -> None:
-        self.n, self.batch_size, self.shuffle, self.drop_last, self.seed = n, batch_size, shuffle, drop_last, seed
-        self.epoch = 0
-        self.rank, self.world = dist_utils.rank(), dist_utils.world_size()
-        if batch_size % self.world:
-            raise ValueError(f"trainer.batch_size={batch_size} must be divisible by the {self.world} processes")
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _global_batches(self) -> list[list[int]]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        if self.drop_last and batches and len(batches[-1]) < self.batch_size and len(batches) > 1:
-            batches.pop()
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        for b in self._global_batches():
-            per = math.ceil(len(b) / self.world)
-            part = b[self.rank * per : (self.rank + 1) * per]
-            if part:
-                yield part
-
-    def __len__(self) -> int:
-        return len(self._global_batches())
-
-
-@dataclass
-class FitResult:
-    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
-    evaluations: list[dict[str, Any]] = field(default_factory=list)  # periodic evaluations
-    selected: dict[str, Any] = field(default_factory=dict)  # which weights the final evaluation used
-    stage_metrics: list[dict[str, Any]] = field(default_factory=list)
-
-
+@register("trainer", "trainer")
 class Trainer:
-    """Runs a :class:`Method`'s stages. Constructor keys are the ``trainer`` config keys."""
+    """Runs a :class:`Method`'s stages. Constructor keys are the ``trainer`` config keys.
+
+    ``optimizer`` is a partial taking ``(params, lr=, weight_decay=)`` (default Adam);
+    ``scheduler`` a partial taking ``(optimizer, epochs=, steps_per_epoch=)`` (default
+    :func:`~taltoolkit.engine.schedules.per_step_schedule` with ``warmup_epochs``,
+    ``milestones`` and ``lr_gamma``, which the config's scheduler node reads from these keys).
+    """
 
     def __init__(
         self,
         max_epochs: int = 10,
         batch_size: int = 16,
-        optimizer: str = "adam",
         lr: float = 1e-4,
         weight_decay: float = 0.0,
-        betas: Sequence[float] = (0.9, 0.999),
-        momentum: float = 0.9,
-        scheduler: str = "none",
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        warmup_epochs: int = 0,
         milestones: Sequence[int] = (),
         lr_gamma: float = 0.1,
-        warmup_epochs: int = 0,
         grad_clip: float = 0.0,
         eval_every: int = 0,
         device: str = "auto",
@@ -130,10 +101,6 @@ class Trainer:
         # would otherwise surface as a ZeroDivisionError mid-run or as an untrained model.
         if model_selection not in MODEL_SELECTIONS:
             raise ConfigError(f"trainer.model_selection={model_selection!r}; choose one of {MODEL_SELECTIONS}")
-        if optimizer not in ("adam", "adamw", "sgd"):
-            raise ConfigError(f"trainer.optimizer={optimizer!r}; choose adam, adamw or sgd")
-        if scheduler not in ("none", "step", "cosine"):
-            raise ConfigError(f"trainer.scheduler={scheduler!r}; choose none, step or cosine")
         if amp_dtype not in ("bfloat16", "float16"):
             raise ConfigError(f"trainer.amp_dtype={amp_dtype!r}; choose bfloat16 or float16")
         _check_int("max_epochs", max_epochs, 1)
@@ -148,25 +115,15 @@ class Trainer:
             _check_int(f"milestones[{i}]", m, 0)
         _check_float("lr", lr, low=0.0, low_open=True)
         _check_float("weight_decay", weight_decay, low=0.0)
-        _check_float("momentum", momentum, low=0.0)
         _check_float("lr_gamma", lr_gamma, low=0.0, low_open=True)
         _check_float("grad_clip", grad_clip, low=0.0, note="(0 = no clipping)")
         _check_float("held_out_fraction", held_out_fraction, low=0.0, low_open=True, high=1.0)
-        if len(betas) != 2:
-            raise ConfigError(f"trainer.betas={list(betas)} must be two numbers, e.g. [0.9, 0.999]")
-        for i, b in enumerate(betas):
-            _check_float(f"betas[{i}]", b, low=0.0, high=1.0)
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.optimizer_name = optimizer
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.betas = tuple(betas)
-        self.momentum = momentum
-        self.scheduler_name = scheduler
-        self.milestones = list(milestones)
-        self.lr_gamma = lr_gamma
-        self.warmup_epochs = warmup_epochs
+        self.max_epochs, self.batch_size = max_epochs, batch_size
+        self.lr, self.weight_decay = lr, weight_decay
+        self.optimizer = optimizer if optimizer is not None else partial(torch.optim.Adam, betas=(0.9, 0.999))
+        self.scheduler = scheduler if scheduler is not None else partial(
+            per_step_schedule, warmup_epochs=warmup_epochs, milestones=list(milestones), gamma=lr_gamma)
+        _check_partials(self.optimizer, self.scheduler, lr, weight_decay)
         self.grad_clip = grad_clip
         self.eval_every = eval_every
         self.device = dist_utils.resolve_device(device)
@@ -192,10 +149,180 @@ class Trainer:
         self.drop_last = drop_last
         self.distributed = dist_utils.init_distributed(self.device)
 
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        method: Method,
+        data: TrainData,
+        out_dir: str | Path,
+        evaluator: Evaluator | None = None,
+        seed: int = 0,
+        run_config: dict[str, Any] | None = None,
+        run_logger: Any = None,
+        hooks: Sequence[HookBase] = (),
+    ) -> FitResult:
+        """Train ``method`` through its stages on ``data``; checkpoints go to ``out_dir/checkpoints``.
+
+        ``evaluator`` runs inference for the stages' hooks (``StageContext.predict``), the
+        periodic evaluation on the test set (reported; used for selection only under
+        ``model_selection=test``) and, on the held-out training videos, model selection;
+        ``run_config`` (the resolved config) is recorded in every checkpoint; ``run_logger``
+        (``log(values, step)``) receives the numbers of :class:`~taltoolkit.engine.hooks.MetricLogger`;
+        ``hooks`` run after the default ones (:meth:`default_hooks`).
+        """
+        data, selection = self.model_selection_for(data, evaluator, seed)
+        state = self.start(method, data.videos)
+        hooks = [*self.default_hooks(state, selection, Path(out_dir), run_logger, run_config), *hooks]
+        call_hooks(hooks, "before_train", state)
+        for state.stage_index in range(state.stage_index, len(state.stages)):
+            self.start_stage(state, data, evaluator, seed)
+            call_hooks(hooks, "before_stage", state)
+            for state.epoch in range(state.first_epoch, state.epochs):
+                self.train_epoch(state, hooks)
+                if state.stop:
+                    break
+            if state.stage_finished:
+                call_hooks(hooks, "after_stage", state)
+            if state.stop:
+                break
+        call_hooks(hooks, "after_train", state)
+        return state.result
+
+    def train_epoch(self, state: FitState, hooks: Sequence[HookBase]) -> None:
+        state.method.train()
+        state.method.on_epoch_start(state.epoch)
+        if hasattr(state.dataset, "set_epoch"):
+            state.dataset.set_epoch(state.epoch)
+        state.loader.batch_sampler.set_epoch(state.epoch)
+        call_hooks(hooks, "before_epoch", state)
+        for batch in state.loader:
+            call_hooks(hooks, "before_step", state)
+            self.step(state, batch)
+            call_hooks(hooks, "after_step", state)
+        call_hooks(hooks, "after_epoch", state)
+
+    def step(self, state: FitState, batch: dict[str, Any]) -> None:
+        """One optimizer step; ``state.losses`` gets the step's loss terms as floats."""
+        batch = move_batch(batch, self.device)
+        if state.bank is not None:
+            batch["features"] = state.bank.gather(batch["index"], batch["positions"], batch["mask"])
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            losses = state.module(batch)  # the method's training_step (through DDP when distributed)
+        opt = state.optimizer
+        state.lr = opt.param_groups[0]["lr"]
+        opt.zero_grad(set_to_none=True)
+        state.scaler.scale(losses["loss"]).backward()
+        if self.grad_clip > 0:
+            state.scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(state.params, self.grad_clip)
+        state.scaler.step(opt)
+        state.scaler.update()
+        state.scheduler.step()
+        state.method.on_train_step_end()
+        state.losses = {k: float(v.detach()) for k, v in losses.items()}
+        state.global_step += 1
+
+    # ------------------------------------------------------------------ around the loop
+    def default_hooks(self, state: FitState, selection: ModelSelection, out_dir: Path, run_logger: Any = None,
+                      run_config: dict[str, Any] | None = None) -> list[HookBase]:
+        """What every run has, in the order they are called (docs/architecture.md)."""
+        hooks: list[HookBase] = [NonFiniteLoss()]
+        if self.progress and collectives.is_main():
+            hooks.append(ProgressBar())
+        hooks.append(History(self.batch_size, self.distributed, self.device))
+        hooks.append(PeriodicEvaluation(self.eval_every, selection))
+        if self.stop_after_epochs is not None:
+            hooks.append(StopAfterEpochs(self.stop_after_epochs))
+        hooks.append(selection)
+        if run_logger is not None:
+            hooks.append(MetricLogger(run_logger))
+        hooks.append(Checkpointer(out_dir / "checkpoints", self.checkpoint_every, type(state.method).__name__,
+                                  run_config, state.stage_epochs))
+        return hooks
+
+    def model_selection_for(self, data: TrainData, evaluator: Evaluator | None,
+                            seed: int) -> tuple[TrainData, ModelSelection]:
+        """The selection hook; under ``held_out`` the training data without the held-out videos."""
+        if self.model_selection != "last" and evaluator is None:
+            raise ConfigError(f"trainer.model_selection={self.model_selection} evaluates during training and needs "
+                              "an evaluator; pass fit(evaluator=...) or use model_selection=last")
+        if self.model_selection != "held_out":
+            return data, ModelSelection(self.model_selection, evaluator)
+        if data.ground_truth is None:
+            raise ConfigError("trainer.model_selection=held_out needs the training subset's ground truth "
+                              "(TrainData.ground_truth)")
+        data, held = split_held_out(data, self.held_out_fraction, seed)
+        log.info("model selection on %d held-out training videos (trainer.model_selection=held_out)", len(held))
+        assert evaluator is not None
+        return data, ModelSelection("held_out", evaluator, evaluator.on(held, data.ground_truth(), data.subset))
+
+    def start(self, method: Method, train_videos: list[Any]) -> FitState:
+        """The state before the first stage: the method on the device (compiled if asked),
+        or, with ``trainer.resume``, the checkpoint's weights, history and RNG states."""
+        method.to(self.device)
+        if self.compile:
+            self.compile_networks(method)
+        stages = method.stages()
+        state = FitState(method, stages, [st.epochs if st.epochs is not None else self.max_epochs for st in stages],
+                         train_videos=train_videos)
+        if self.resume:
+            ckpt = state.resume = self._load_resume(method, state.stage_epochs)
+            state.stage_index = ckpt["stage_index"]
+            state.global_step = int(ckpt.get("global_step", 0))
+            state.result.history = ckpt.get("history", [])
+            state.result.evaluations = ckpt.get("evaluations", [])
+            state.result.stage_metrics = ckpt.get("stage_metrics", [])
+            if ckpt.get("best"):
+                state.best.update(ckpt["best"])
+            set_rng_state(ckpt["rng"])
+            log.info("resumed from %s at stage %d epoch %d", self.resume, ckpt["stage_index"], ckpt["epoch"])
+        return state
+
+    def start_stage(self, state: FitState, data: TrainData, evaluator: Evaluator | None, seed: int) -> None:
+        """The method's ``on_stage_start``, then the stage's data loader, optimizer and schedule."""
+        si, method = state.stage_index, state.method
+        resumed = state.resume is not None and si == state.resume["stage_index"] and state.resume["epoch"] > 0
+        state.first_epoch = state.resume["epoch"] if resumed else 0
+        predict = None if evaluator is None else evaluator.predict
+        context = StageContext(
+            train_videos=state.train_videos,
+            device=self.device,
+            # Every rank needs the outputs; each predicts 1/N of the videos (rank-order shards).
+            predict=lambda v: collectives.shard_and_gather(list(v), lambda part: _require(predict)(method, part)),
+            stage_index=si,
+            # A stage may narrow the training videos for itself and the stages after it (APL).
+            set_train_videos=lambda v: setattr(state, "train_videos", v),
+            resumed=resumed,
+            reference_videos=dict(data.reference),
+        )
+        method.on_stage_start(state.stage, context)
+        state.dataset, collate = data.make_dataset(state.train_videos, seed + 7919 * si)
+        state.bank = None
+        if self.features_on_device:
+            state.bank = FeatureBank(state.train_videos, self.device, dtype=self.features_on_device_dtype)
+            state.dataset = PositionsOnly(state.dataset)
+            log.info("features on %s: %.1f MB", self.device, state.bank.nbytes / 2**20)
+        state.loader = self.make_train_loader(state.dataset, collate, seed=seed + 7919 * si)
+        state.params = [p for p in method.parameters() if p.requires_grad]
+        if not state.params:
+            raise RuntimeError(f"stage {state.stage.name!r} of {type(method).__name__} has no trainable parameter")
+        state.module = method if not self.distributed else nn.parallel.DistributedDataParallel(
+            method, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=True)
+        no_decay = method.no_weight_decay_parameters() if hasattr(method, "no_weight_decay_parameters") else []
+        state.optimizer = self.build_optimizer(state.params, state.stage, no_decay)
+        state.scheduler = self.build_scheduler(state.optimizer, state.epochs, max(1, len(state.loader)))
+        state.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
+        if resumed:
+            state.optimizer.load_state_dict(state.resume["optimizer"])
+            state.scheduler.load_state_dict(state.resume["scheduler"])
+
     # ------------------------------------------------------------------ optimisation
     def build_optimizer(self, params: list[nn.Parameter], stage: Stage,
                         no_decay: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
-        """``no_decay`` (a method's ``no_weight_decay_parameters()``, e.g. ActionFormer's norms,
+        """The stage's optimizer (``Stage.options`` may set its ``lr`` and ``weight_decay``).
+
+        ``no_decay`` (a method's ``no_weight_decay_parameters()``, e.g. ActionFormer's norms,
         biases and scales as its public code) go in a second group with weight decay 0."""
         lr = stage.options.get("lr", self.lr)
         wd = stage.options.get("weight_decay", self.weight_decay)
@@ -204,38 +331,17 @@ class Trainer:
         if exempt:
             groups = [g for g in ({"params": [p for p in params if id(p) not in exempt]},
                                   {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0}) if g["params"]]
-        if self.optimizer_name == "adam":
-            return torch.optim.Adam(groups, lr=lr, betas=self.betas, weight_decay=wd)
-        if self.optimizer_name == "adamw":
-            return torch.optim.AdamW(groups, lr=lr, betas=self.betas, weight_decay=wd)
-        return torch.optim.SGD(groups, lr=lr, momentum=self.momentum, weight_decay=wd)
+        return self.optimizer(groups, lr=lr, weight_decay=wd)
 
-    def build_scheduler(self, opt: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):  # noqa: ANN201
-        """Per-step schedule so that warm-up and cosine decay are smooth within an epoch."""
-        warm = self.warmup_epochs * steps_per_epoch
-        total = max(1, epochs * steps_per_epoch)
-        milestones = [m * steps_per_epoch for m in self.milestones]
+    def build_scheduler(self, opt: torch.optim.Optimizer, epochs: int, steps_per_epoch: int) -> Any:
+        """The stage's learning-rate schedule, stepped after every optimizer step."""
+        return self.scheduler(opt, epochs=epochs, steps_per_epoch=steps_per_epoch)
 
-        def factor(step: int) -> float:
-            f = 1.0
-            if self.scheduler_name == "step":
-                f = self.lr_gamma ** sum(step >= m for m in milestones)
-            elif self.scheduler_name == "cosine":
-                progress = min(1.0, max(0.0, (step - warm) / max(1, total - warm)))
-                f = 0.5 * (1 + math.cos(math.pi * progress))
-            if warm and step < warm:
-                f *= (step + 1) / warm
-            return f
-
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-    # ------------------------------------------------------------------ data
+    # ------------------------------------------------------------------ data and networks
     def make_train_loader(self, dataset: torch.utils.data.Dataset, collate: Callable, seed: int) -> DataLoader:
         sampler = GlobalBatchSampler(len(dataset), self.batch_size, shuffle=True, drop_last=self.drop_last, seed=seed)  # type: ignore[arg-type]
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers)
 
-
-    # ------------------------------------------------------------------ the loop
     def compile_networks(self, method: Method) -> None:
         """``torch.compile`` the method's backbone networks in place (``nn.Module.compile``: the
         state-dict keys and checkpoints stay as without it). Shapes that vary (evaluation's
@@ -247,199 +353,6 @@ class Trainer:
             net.compile(mode=self.compile_mode, backend=self.compile_backend)
         log.info("compiled %d network(s) with torch.compile (backend %s, mode %s)",
                  len(nets), self.compile_backend, self.compile_mode)
-
-    def fit(
-        self,
-        method: Method,
-        train_videos: list[Video],
-        make_train_dataset: Callable[[list[Video], int], tuple[torch.utils.data.Dataset, Callable]],
-        predict_videos: Callable[[Method, list[Video]], list[dict[str, Any]]],
-        evaluate: Callable[[Method], dict[str, Any]] | None,
-        out_dir: Path,
-        seed: int = 0,
-        select_evaluate: Callable[[Method], dict[str, Any]] | None = None,
-        reference_videos: dict[str, Video] | None = None,
-        run_config: dict[str, Any] | None = None,
-    ) -> FitResult:
-        """Train ``method`` through its stages.
-
-        ``make_train_dataset(videos, seed)`` returns a dataset and its collate;
-        ``predict_videos(method, videos)`` runs inference (for stage hooks);
-        ``evaluate(method)`` returns a metrics dict with ``average_mAP`` (periodic evaluation
-        on the test set, reported but never used for selection unless
-        ``model_selection=test``); ``select_evaluate`` evaluates on the held-out split;
-        ``reference_videos`` (name -> full-label record) reach the method's stage hooks for
-        metrics against hidden labels (:class:`StageContext`); ``run_config`` (the resolved
-        config) is recorded in every checkpoint beside the method's name.
-        """
-        method.to(self.device)
-        if self.compile:
-            self.compile_networks(method)
-        out_dir = Path(out_dir)
-        ckpt_path = out_dir / "checkpoints" / "last.ckpt"
-        result = FitResult()
-        stages = method.stages()
-        stage_epochs = [st.epochs if st.epochs is not None else self.max_epochs for st in stages]
-        self._meta = {"method": type(method).__name__, "config": run_config, "stage_epochs": stage_epochs}
-        # The best weights so far (model_selection held_out/test) travel with the checkpoint, so
-        # a resumed run selects among every epoch's weights, not only those after the resume.
-        best: dict[str, Any] = {"score": -math.inf, "state": None, "where": None}
-        start_stage, start_epoch, resume_state = 0, 0, None
-        if self.resume:
-            resume_state = self._load_resume(method, stage_epochs)
-            start_stage, start_epoch = resume_state["stage_index"], resume_state["epoch"]
-            result.history = resume_state.get("history", [])
-            result.evaluations = resume_state.get("evaluations", [])
-            result.stage_metrics = resume_state.get("stage_metrics", [])
-            if resume_state.get("best"):
-                best.update(resume_state["best"])
-            set_rng_state(resume_state["rng"])
-            log.info("resumed from %s at stage %d epoch %d", self.resume, start_stage, start_epoch)
-
-        videos = {"current": train_videos}
-
-        def set_train_videos(v: list[Video]) -> None:
-            videos["current"] = v
-
-        total_epochs_run = 0
-        for si, stage in enumerate(stages):
-            if si < start_stage:
-                continue
-            epochs = stage_epochs[si]
-            first_epoch = start_epoch if si == start_stage else 0
-            context = StageContext(
-                train_videos=videos["current"],
-                device=self.device,
-                # Every rank needs the outputs; each predicts 1/N of the videos (rank-order shards).
-                predict=lambda v: dist_utils.shard_and_gather(list(v), lambda part: predict_videos(method, part)),
-                stage_index=si,
-                set_train_videos=set_train_videos,
-                resumed=resume_state is not None and si == start_stage and first_epoch > 0,
-                reference_videos=dict(reference_videos or {}),
-            )
-            method.on_stage_start(stage, context)
-            dataset, collate = make_train_dataset(videos["current"], seed + 7919 * si)
-            bank = None
-            if self.features_on_device:
-                bank = FeatureBank(videos["current"], self.device, dtype=self.features_on_device_dtype)
-                dataset = PositionsOnly(dataset)
-                log.info("features on %s: %.1f MB", self.device, bank.nbytes / 2**20)
-            loader = self.make_train_loader(dataset, collate, seed=seed + 7919 * si)
-            params = [p for p in method.parameters() if p.requires_grad]
-            if not params:
-                raise RuntimeError(f"stage {stage.name!r} of {type(method).__name__} has no trainable parameter")
-            train_module: nn.Module = method
-            if self.distributed:
-                train_module = nn.parallel.DistributedDataParallel(
-                    method,
-                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                    find_unused_parameters=True,
-                )
-            no_decay = method.no_weight_decay_parameters() if hasattr(method, "no_weight_decay_parameters") else []
-            opt = self.build_optimizer(params, stage, no_decay)
-            sched = self.build_scheduler(opt, epochs, max(1, len(loader)))
-            scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
-            if resume_state is not None and si == start_stage and first_epoch > 0:
-                opt.load_state_dict(resume_state["optimizer"])
-                sched.load_state_dict(resume_state["scheduler"])
-
-            bar = _progress(range(first_epoch, epochs), self.progress and dist_utils.is_main(), f"{stage.name}")
-            for epoch in bar:
-                method.train()
-                method.on_epoch_start(epoch)
-                if hasattr(dataset, "set_epoch"):
-                    dataset.set_epoch(epoch)
-                loader.batch_sampler.set_epoch(epoch)  # type: ignore[union-attr]
-                sums: dict[str, float] = {}
-                n_steps, t0 = 0, time.perf_counter()
-                epoch_lr = opt.param_groups[0]["lr"]  # the rate of the epoch's first step (the log shows it)
-                for batch in loader:
-                    batch = move_batch(batch, self.device)
-                    if bank is not None:
-                        batch["features"] = bank.gather(batch["index"], batch["positions"], batch["mask"])
-                    with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                        losses = train_module(batch)
-                    loss = losses["loss"]
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"non-finite loss in stage {stage.name!r} epoch {epoch}: "
-                            + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if self.grad_clip > 0:
-                        scaler.unscale_(opt)
-                        nn.utils.clip_grad_norm_(params, self.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    sched.step()
-                    method.on_train_step_end()
-                    for k, v in losses.items():
-                        sums[k] = sums.get(k, 0.0) + float(v.detach())
-                    n_steps += 1
-                if self.distributed and sums:
-                    # Log the global batch's losses, not rank 0's half.
-                    keys = sorted(sums)
-                    t = dist_utils.all_reduce_sum(
-                        torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=self.device))
-                    sums = {k: float(v) / dist_utils.world_size() for k, v in zip(keys, t.tolist())}
-                row = {"stage": stage.name, "epoch": epoch, "lr": epoch_lr}
-                row.update({k: v / max(1, n_steps) for k, v in sums.items()})
-                row.update(method.log_metrics())
-                row["seconds"] = time.perf_counter() - t0
-                row["videos_per_s"] = n_steps * self.batch_size / max(row["seconds"], 1e-9)
-                result.history.append(row)
-                # With a progress bar on screen the row goes to run.log only (entry.ConsoleFilter).
-                bar_shown = hasattr(bar, "set_postfix")
-                if bar_shown:
-                    bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}")
-                log.info("%s epoch %d: %s", stage.name, epoch, _fmt_row(row), extra={"console": not bar_shown})
-                total_epochs_run += 1
-
-                is_last_epoch = si == len(stages) - 1 and epoch == epochs - 1
-                if self.eval_every and (epoch + 1) % self.eval_every == 0 and not is_last_epoch:
-                    self._periodic_eval(method, evaluate, select_evaluate, result, best, stage, epoch)
-                if epoch == epochs - 1:
-                    result.stage_metrics.append({"stage": stage.name, **method.stage_metrics()})
-                stopping = self.stop_after_epochs is not None and total_epochs_run >= self.stop_after_epochs
-                if epoch == epochs - 1:
-                    # At a stage's end the next stage starts afresh (its hook runs, new optimizer).
-                    self._save(ckpt_path, method, opt, sched, si + 1, 0, result, best)
-                elif (epoch + 1) % self.checkpoint_every == 0 or stopping:
-                    self._save(ckpt_path, method, opt, sched, si, epoch + 1, result, best)
-                if stopping:
-                    log.warning("stopping after %d epochs (trainer.stop_after_epochs)", total_epochs_run)
-                    result.selected = {"weights": "interrupted"}
-                    return result
-
-        if self.model_selection == "last":
-            result.selected = {"weights": "last", "note": "final weights; no selection"}
-        else:
-            self._periodic_eval(method, evaluate, select_evaluate, result, best, stages[-1], -1)
-            method.load_state_dict(best["state"])
-            result.selected = {"weights": f"best on {self.model_selection}", **best["where"]}
-            if self.model_selection == "test":
-                log.warning(
-                    "MODEL SELECTED ON THE TEST SET (trainer.model_selection=test): the reported mAP is "
-                    "optimistic and not comparable to papers that select on held-out data"
-                )
-        return result
-
-    def _periodic_eval(self, method, evaluate, select_evaluate, result, best, stage, epoch) -> None:  # noqa: ANN001
-        entry: dict[str, Any] = {"stage": stage.name, "epoch": epoch}
-        if evaluate is not None:
-            metrics = evaluate(method)
-            entry["test_average_mAP"] = metrics.get("average_mAP")
-        if self.model_selection == "held_out" and select_evaluate is not None:
-            entry["held_out_average_mAP"] = select_evaluate(method)["average_mAP"]
-        result.evaluations.append(entry)
-        log.info("evaluation: %s", _fmt_row(entry))
-        if self.model_selection != "last":
-            key = "test_average_mAP" if self.model_selection == "test" else "held_out_average_mAP"
-            score = entry.get(key)
-            if score is not None and score > best["score"]:
-                best.update(score=score, state=copy.deepcopy(method.state_dict()), where=dict(entry))
-        method.train()
 
     def _load_resume(self, method: Method, stage_epochs: list[int]) -> dict[str, Any]:
         """The ``trainer.resume`` checkpoint, checked against this run, loaded into ``method``."""
@@ -476,27 +389,27 @@ class Trainer:
         method.load_extra_state(state.get("method_extra", {}))
         return state
 
-    def _save(self, path: Path, method: Method, opt, sched, stage_index: int, epoch: int, result: FitResult,  # noqa: ANN001
-              best: dict[str, Any]) -> None:
-        if not dist_utils.is_main():
-            return
-        save_checkpoint(
-            path,
-            {
-                "method": method.state_dict(),
-                "method_extra": method.extra_state(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "rng": rng_state(),
-                "stage_index": stage_index,
-                "epoch": epoch,
-                "history": result.history,
-                "evaluations": result.evaluations,
-                "stage_metrics": result.stage_metrics,
-                "best": best if best["state"] is not None else None,
-            },
-            checkpoint_meta("resume", **getattr(self, "_meta", {})),
-        )
+
+def _require(predict: Callable | None) -> Callable:
+    if predict is None:
+        raise RuntimeError("a stage asked to predict (StageContext.predict) but fit() was given no evaluator")
+    return predict
+
+
+def _check_partials(optimizer: Callable, scheduler: Callable, lr: float, weight_decay: float) -> None:
+    """Build the optimizer and schedule once on a stand-in parameter, so that a bad setting in
+    their config nodes (betas out of range, an unknown decay) fails before any data is read."""
+    try:
+        opt = optimizer([nn.Parameter(torch.zeros(1))], lr=lr, weight_decay=weight_decay)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"trainer.optimizer cannot be built ({type(e).__name__}: {_first_line(e)}); it must be a "
+                          "partial taking (params, lr=, weight_decay=), e.g. {_target_: torch.optim.AdamW, "
+                          "_partial_: true}") from None
+    try:
+        scheduler(opt, epochs=1, steps_per_epoch=1)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"trainer.scheduler cannot be built ({type(e).__name__}: {_first_line(e)}); it must be a "
+                          "partial taking (optimizer, epochs=, steps_per_epoch=)") from None
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:
@@ -519,27 +432,7 @@ def _check_float(key: str, value: Any, low: float, low_open: bool = False, high:
         raise ConfigError(f"trainer.{key}={value!r} must be a finite number {bounds}{' ' + note if note else ''}")
 
 
-def _progress(it, enabled: bool, desc: str):  # noqa: ANN001, ANN202
-    if not enabled:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc, unit="epoch", dynamic_ncols=True, leave=False)
-
-
-def _fmt_row(row: dict[str, Any]) -> str:
-    parts = []
-    for k, v in row.items():
-        if isinstance(v, float):
-            parts.append(f"{k}={v:.4g}")
-        else:
-            parts.append(f"{k}={v}")
-    return " ".join(parts)
-
-
 def seed_everything(seed: int, deterministic: bool = True) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -78,7 +78,7 @@ def clustering_scores(labels_true: Sequence[Any], labels_pred: Sequence[Any]) ->
     without a class when there are more clusters than classes count as wrong) and
     ``mapping`` {cluster: class or None}. The numbers of clusters and classes may differ.
     """
-    from scipy.optimize import linear_sum_assignment
+    from scipy.optimize import linear_sum_assignment  # here: importing taltoolkit.evaluation loads numpy only
 
     classes, clusters, counts = _contingency(labels_true, labels_pred)  # counts (A, B)
     n = int(counts.sum())
