@@ -6,23 +6,10 @@ import math
 import pytest
 
 import taltoolkit
-
-ACTIONFORMER_TINY = ["model.embed_dim=32", "model.fpn_dim=32", "model.head_dim=32", "model.window_size=5"]
-METHODS = {
-    "case": ["method=case"],
-    "case+memory": ["method=case", "memory_branch=rmgcl", "memory_branch.warmup_epochs=1", "memory_branch.zeta=0.0",
-                    "memory_branch.queue_length=16", "memory_branch.num_codewords=4", "memory_branch.num_heads=4"],
-    "rmgcl": ["method=rmgcl", "memory_branch.warmup_epochs=1", "memory_branch.zeta=0.0", "memory_branch.queue_length=16",
-              "memory_branch.num_codewords=4", "memory_branch.num_heads=2", "model.hidden_dim=32"],
-    "copl": ["method=copl", "method.iterations=2", "method.shift_channels=8", "model.hidden_dim=16"],
-    "copl_weak": ["method=copl_weak", "method.shift_channels=8", "model.hidden_dim=16"],
-    "actionformer": ["method=actionformer", *ACTIONFORMER_TINY],
-    "apl": ["method=apl", "labelled_fraction=0.25", *ACTIONFORMER_TINY, "method.icd_hidden=32", "method.acp_epochs=1",
-            "method.supervised_epochs=1", "method.semi_epochs=1", "method.acp_frames=8", "method.tau_neg=0.0"],
-}
+from methods_table import every_run, overrides
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", every_run())
 def test_method_trains_under_bfloat16_autocast(compose, tiny_overrides, name):
     import torch
     from torch import nn
@@ -36,7 +23,7 @@ def test_method_trains_under_bfloat16_autocast(compose, tiny_overrides, name):
         if module.training and isinstance(module, (nn.Linear, nn.Conv1d)) and isinstance(output, torch.Tensor):
             dtypes.add(output.dtype)
 
-    cfg = compose([*METHODS[name], "trainer.max_epochs=2", "trainer.amp=true", "trainer.amp_dtype=bfloat16",
+    cfg = compose([*overrides(name), "trainer.max_epochs=2", "trainer.amp=true", "trainer.amp_dtype=bfloat16",
                    *tiny_overrides])
     handle = register_module_forward_hook(record)
     try:

@@ -12,17 +12,18 @@ import pytest
 import torch
 
 import taltoolkit
-from test_amp import METHODS
+from methods_table import every_run
+from methods_table import overrides as method_overrides
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def _run(compose, tiny_overrides, tmp_path, name: str, tag: str, extra: list[str]) -> dict:
     overrides = [o.replace(str(tmp_path / "run"), str(tmp_path / tag)) for o in tiny_overrides if "trainer.device" not in o]
-    return taltoolkit.run(compose([*METHODS[name], "trainer.max_epochs=2", *extra, *overrides]))
+    return taltoolkit.run(compose([*method_overrides(name), "trainer.max_epochs=2", *extra, *overrides]))
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", every_run())
 def test_method_trains_on_cuda_like_on_cpu(compose, tiny_overrides, name, tmp_path):
     torch.backends.cuda.matmul.allow_tf32 = False  # TF32 matmuls would differ from CPU by ~1e-3
     torch.backends.cudnn.allow_tf32 = False
@@ -34,7 +35,7 @@ def test_method_trains_on_cuda_like_on_cpu(compose, tiny_overrides, name, tmp_pa
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a, b)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", every_run())
 def test_method_trains_with_float16_autocast_and_feature_bank(compose, tiny_overrides, name, tmp_path):
     m = _run(compose, tiny_overrides, tmp_path, name, "amp", [
         "trainer.device=cuda", "trainer.amp=true", "trainer.amp_dtype=float16", "trainer.features_on_device=true",

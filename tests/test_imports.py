@@ -150,3 +150,28 @@ def test_no_import_cycles():
     cycles = import_cycles(graph)
     assert not cycles, "modules that import each other (directly or round a circle): " + "; ".join(
         " <-> ".join(c) for c in cycles)
+
+
+# Layers, bottom up: a module may import its own layer and those below (docs/architecture.md).
+LOWER = ("taltoolkit.structures", "taltoolkit.collectives", "taltoolkit.atomicio", "taltoolkit.jsonio",
+         "taltoolkit.tables", "taltoolkit._version", "taltoolkit.registry", "taltoolkit.data",
+         "taltoolkit.evaluation", "taltoolkit.postprocess", "taltoolkit.models", "taltoolkit.losses",
+         "taltoolkit.pseudo")
+UPPER = ("taltoolkit.engine", "taltoolkit.methods", "taltoolkit.entry", "taltoolkit.cli")
+
+
+def _in(name: str, layers: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in layers)
+
+
+def test_lower_layers_never_import_the_engine_methods_or_entry():
+    graph = import_graph()
+    upward = {m: sorted(t for t in targets if _in(t, UPPER)) for m, targets in graph.items() if _in(m, LOWER)}
+    assert not {m: t for m, t in upward.items() if t}
+    # methods use the engine's protocol and nothing else of it (engine.distributed re-exports
+    # taltoolkit.collectives for the methods written against it)
+    allowed = {"taltoolkit.engine.method", "taltoolkit.engine.distributed"}
+    methods = ("taltoolkit.methods",)
+    from_methods = {m: sorted(t for t in targets if _in(t, UPPER) and not _in(t, methods) and t not in allowed)
+                    for m, targets in graph.items() if _in(m, methods)}
+    assert not {m: t for m, t in from_methods.items() if t}

@@ -21,13 +21,13 @@ RUNTIME_ARGS = {
 }
 
 
-def conf_targets() -> list[tuple[str, str, DictConfig]]:
-    """(file:key, _target_, node) for every _target_ in conf/."""
+def conf_targets(conf_dir: Path = CONF_DIR) -> list[tuple[str, str, DictConfig]]:
+    """(file:key, _target_, node) for every _target_ in a config folder (conf/, or a plug-in's)."""
     found = []
-    for f in sorted(CONF_DIR.rglob("*.yaml")):
+    for f in sorted(conf_dir.rglob("*.yaml")):
         cfg = OmegaConf.load(f)
         for path, node in _walk_raw(cfg, ""):
-            found.append((f"{f.relative_to(CONF_DIR)}:{path or '<root>'}", str(node["_target_"]), node))
+            found.append((f"{f.relative_to(conf_dir)}:{path or '<root>'}", str(node["_target_"]), node))
     return found
 
 
@@ -57,19 +57,17 @@ def test_components_exist():
     assert all(c.kind in KINDS for c in COMPONENTS)
 
 
-@pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: f"{c.kind}:{c.name}")
-def test_registered_component_has_conf(component):
-    where = [w for w, t, _ in TARGETS if t == component.target]
+def check_component_has_conf(component, targets) -> None:
+    where = [w for w, t, _ in targets if t == component.target]
     assert where, f"{component.kind} {component.name!r} ({component.target}) has no conf yaml with _target_ pointing at it"
 
 
-@pytest.mark.parametrize("where,target,node", TARGETS, ids=[w for w, _, _ in TARGETS])
-def test_conf_target_is_registered_and_keys_match_signature(where, target, node):
-    if not target.startswith("taltoolkit."):
+def check_conf_target(where: str, target: str, node: DictConfig, components, package: str = "taltoolkit.") -> None:
+    if not target.startswith(package):
         return  # third-party targets (e.g. torch.optim) are checked by Hydra at run time
     if where.split(":", 1)[1].startswith("hydra."):
         return  # Hydra's own plug-ins (the sweep-summary callback) are not components
-    registered = {c.target: c for c in COMPONENTS}
+    registered = {c.target: c for c in components}
     assert target in registered, f"{where}: _target_ {target} is not a registered component"
     comp = registered[target]
     obj = get_object(target)
@@ -89,3 +87,22 @@ def test_conf_target_is_registered_and_keys_match_signature(where, target, node)
     }
     missing = required - keys - RUNTIME_ARGS.get(comp.kind, set())
     assert not missing, f"{where}: required arguments {sorted(missing)} of {target} are not set"
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda c: f"{c.kind}:{c.name}")
+def test_registered_component_has_conf(component):
+    if component.target.startswith("taltoolkit."):  # a plug-in registered by another test has its own conf
+        check_component_has_conf(component, TARGETS)
+
+
+@pytest.mark.parametrize("where,target,node", TARGETS, ids=[w for w, _, _ in TARGETS])
+def test_conf_target_is_registered_and_keys_match_signature(where, target, node):
+    check_conf_target(where, target, node, COMPONENTS)
+
+
+def test_the_methods_table_lists_every_method_config():
+    """tests/methods_table.py is what the per-method tests (AMP, sweeps) run: a method config
+    without a line there would go untested."""
+    from methods_table import METHODS
+
+    assert set(METHODS) == {f.stem for f in (CONF_DIR / "method").glob("*.yaml")}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from methods_table import METHODS, overrides
 from taltoolkit.engine.sweep import format_summary, summarize_runs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -151,22 +152,9 @@ def test_case_table3_lines_set_the_components(compose, line, expected):
     assert compose(["method=case", f"ablation={line}", "method.use_ccc=false"]).method.use_ccc is False  # CLI wins
 
 
-EVERY_METHOD = {
-    "case": [],
-    "rmgcl": ["memory_branch.warmup_epochs=0", "memory_branch.queue_length=8", "memory_branch.num_codewords=4",
-              "memory_branch.num_heads=2", "model.hidden_dim=32", "memory_branch.zeta=0.0"],
-    "copl": ["method.iterations=1", "method.shift_channels=4", "model.hidden_dim=16"],
-    "copl_weak": ["method.shift_channels=4", "model.hidden_dim=16"],
-    "actionformer": ["model.embed_dim=16", "model.fpn_dim=16", "model.head_dim=16", "model.window_size=5"],
-    "apl": ["model.embed_dim=16", "model.fpn_dim=16", "model.head_dim=16", "model.window_size=5",
-            "labelled_fraction=0.5", "method.icd_hidden=16", "method.acp_epochs=1", "method.supervised_epochs=1",
-            "method.semi_epochs=1", "method.acp_frames=8", "method.tau_neg=0.0"],
-}
-
-
-@pytest.mark.parametrize("method", sorted(EVERY_METHOD))
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_as_a_seed_sweep(tmp_path, method):
-    out = _multirun(tmp_path, f"method={method}", "seed=0,1", *EVERY_METHOD[method])
+    out = _multirun(tmp_path, "seed=0,1", *overrides(method))
     rows = _check_summary(tmp_path, out, settings=1, seeds=2)
     assert sorted(rows[0]["seeds"]) == [0, 1]
 

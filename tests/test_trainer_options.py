@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import taltoolkit
-from test_amp import METHODS
+from methods_table import every_run
+from methods_table import overrides as method_overrides
 
 
 def _pair(compose, tiny_overrides, tmp_path, name: str, option: str, extra: list[str] = ()) -> tuple[dict, dict]:
@@ -18,7 +19,7 @@ def _pair(compose, tiny_overrides, tmp_path, name: str, option: str, extra: list
     for on in (False, True):
         out = tmp_path / f"{option}_{on}"
         overrides = [o.replace(str(tmp_path / "run"), str(out)) for o in tiny_overrides]
-        cfg = compose([*METHODS[name], "trainer.max_epochs=2", f"trainer.{option}={str(on).lower()}", *extra,
+        cfg = compose([*method_overrides(name), "trainer.max_epochs=2", f"trainer.{option}={str(on).lower()}", *extra,
                        *overrides])
         torch._dynamo.reset()
         runs.append(taltoolkit.run(cfg))
@@ -42,7 +43,7 @@ def _same_outcome(tmp_path: Path, option: str, a: dict, b: dict, rel: float) -> 
     assert b["mAP"] == pytest.approx(a["mAP"], abs=1e-3)  # observed equal to the last digit
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", every_run())
 def test_features_on_device_trains_like_the_loader(compose, tiny_overrides, name, tmp_path):
     """A float32 bank holds the features the loader reads; only the gathered batch's memory
     layout differs, which moves summation orders (~3e-8 relative observed). (The default
@@ -54,7 +55,7 @@ def test_features_on_device_trains_like_the_loader(compose, tiny_overrides, name
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", every_run())
 def test_compiled_networks_train_like_eager(compose, tiny_overrides, name, tmp_path):
     # aot_eager runs TorchDynamo's capture and AOTAutograd (graph breaks, guards, dynamic shapes,
     # the compiled backward) without inductor's C++ code generation, which takes ~30 s per
