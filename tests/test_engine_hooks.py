@@ -176,13 +176,31 @@ class Terminal(io.StringIO):
         return True
 
 
-def test_progress_on_a_terminal_is_a_bar_and_the_epoch_rows_go_to_the_log_file_only(tmp_path, caplog):
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_progress_on_a_terminal_is_a_bar_and_the_epoch_rows_go_to_the_log_file_only(tmp_path):
     stream = Terminal()
-    with caplog.at_level(logging.INFO, logger="taltoolkit"):
+    # A handler of this test's own: pytest's capture handlers may carry entry.ConsoleFilter
+    # (a run earlier in the session installed it), which drops exactly the records looked for.
+    handler, logger = Records(), logging.getLogger("taltoolkit")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
         _trainer().fit(ToyMethod(), toy_data(), tmp_path, hooks=[ProgressBar(stream, min_interval_s=0.0)])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert "\r" in stream.getvalue() and "warmup (1/2) epoch 1/2" in stream.getvalue()
     assert "loss=" in stream.getvalue() and "step/s" in stream.getvalue()
-    rows = [r for r in caplog.records if " epoch " in r.getMessage() and "stage=" in r.getMessage()]
+    rows = [r for r in handler.records if " epoch " in r.getMessage() and "stage=" in r.getMessage()]
     assert len(rows) == 5 and all(r.console is False for r in rows)
 
 
