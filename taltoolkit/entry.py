@@ -254,7 +254,8 @@ class ConsoleFilter(logging.Filter):
 # What a run that got as far as training or evaluating leaves in its output folder; any of
 # them there means the folder holds a run. (config.yaml alone is a run that failed during
 # setup: nothing of value would be replaced.)
-RUN_OUTPUTS = ("metrics.json", "predictions.json", "checkpoints", "plots")
+RUN_OUTPUTS = ("metrics.json", "predictions.json", "checkpoints", "plots", "scalars.jsonl", "tensorboard", "wandb",
+               "report.html")
 
 
 def claim_output_dir(out_dir: Path, resuming: bool, overwrite: bool) -> None:

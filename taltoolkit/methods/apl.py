@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from taltoolkit.data.sampling import keyed_generator
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives
 from taltoolkit.engine.method import Stage, StageContext
 from taltoolkit.losses.contrastive import (
     kmeans,
@@ -459,9 +459,9 @@ class APL(ActionFormerMethod):
             raise RuntimeError(f"APL's detection loss got videos without instance labels ({sorted(set(levels))})")
         # Positive counts of the global batch (every rank's under torchrun); each rank's share is
         # scaled by the world size because DDP averages gradients: same loss as one process.
-        counts = dist_utils.all_reduce_sum(torch.stack([pos[~is_pseudo].sum(), pos[is_pseudo].sum(), is_pseudo.sum()]).float())
+        counts = collectives.all_reduce_sum(torch.stack([pos[~is_pseudo].sum(), pos[is_pseudo].sum(), is_pseudo.sum()]).float())
         n_sup, n_uns = counts[0].clamp(min=1), counts[1].clamp(min=1)
-        w = torch.where(is_pseudo, self.beta / n_uns, 1.0 / n_sup) * dist_utils.world_size()
+        w = torch.where(is_pseudo, self.beta / n_uns, 1.0 / n_sup) * collectives.world_size()
         w = w.to(logits.dtype)[:, None]  # (B, 1) per point
         zeros = torch.zeros(pos.shape, device=logits.device, dtype=logits.dtype)
         reg_el, locq_el = zeros.clone(), zeros.clone()
@@ -571,15 +571,15 @@ class APL(ActionFormerMethod):
             fine_x.append(x[b, idx])
         losses: dict[str, Tensor] = {}
         if self.acp_coarse:  # Eq. 11 per video, averaged over the global batch's videos
-            losses["loss_conc"] = dist_utils.all_gather_rows_with_grad(torch.stack(coarse)).mean()
+            losses["loss_conc"] = collectives.all_gather_rows_with_grad(torch.stack(coarse)).mean()
         if self.acp_fine:
-            feats = dist_utils.all_gather_rows_with_grad(torch.cat(fine_f))  # (N_global, L * F)
+            feats = collectives.all_gather_rows_with_grad(torch.cat(fine_f))  # (N_global, L * F)
             if supervised:
-                labels = dist_utils.all_gather_rows(torch.cat(fine_l))
+                labels = collectives.all_gather_rows(torch.cat(fine_l))
             else:
-                videos = dist_utils.all_gather_rows(batch["index"].to(x.device))  # (B_global,)
+                videos = collectives.all_gather_rows(batch["index"].to(x.device))  # (B_global,)
                 k = self.acp_fine_clusters or videos.numel()
-                labels = kmeans(dist_utils.all_gather_rows(torch.cat(fine_x)), k,
+                labels = kmeans(collectives.all_gather_rows(torch.cat(fine_x)), k,
                                 generator=self._generator(*videos.tolist()))
             losses["loss_conf"] = set_infonce(feats, labels, self.acp_temperature)
         return losses
@@ -595,9 +595,9 @@ class APL(ActionFormerMethod):
                 labels.append(batch["labels"][b].to(x.device))
         # The instances are the input features' (no gradient), so a plain gather suffices: every
         # rank computes the same loss on the discriminator.
-        videos = dist_utils.all_gather_rows(batch["index"].to(x.device))
-        return icd_loss(self.icd, dist_utils.all_gather_rows(torch.cat(feats)),
-                        dist_utils.all_gather_rows(torch.cat(labels)), self.icd_pairs,
+        videos = collectives.all_gather_rows(batch["index"].to(x.device))
+        return icd_loss(self.icd, collectives.all_gather_rows(torch.cat(feats)),
+                        collectives.all_gather_rows(torch.cat(labels)), self.icd_pairs,
                         generator=self._generator(-1, *videos.tolist()))
 
     # ------------------------------------------------------------------ inference

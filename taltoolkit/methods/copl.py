@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taltoolkit.data.views import primary_class
-from taltoolkit.engine import distributed as dist_utils
+from taltoolkit import collectives
 from taltoolkit.engine.method import Method, Stage, StageContext
 from taltoolkit.evaluation.clustering import clustering_scores
 from taltoolkit.losses.copl import (
@@ -422,8 +422,8 @@ class COPL(Method):
 
         # Means over the P and U videos of the global batch: under torchrun the ranks' halves
         # hold different numbers of each (a factor of 1 when run alone).
-        share_p = dist_utils.global_share(int(in_p.sum()), x.device)
-        share_u = dist_utils.global_share(int((~in_p).sum()), x.device)
+        share_p = collectives.global_share(int(in_p.sum()), x.device)
+        share_u = collectives.global_share(int((~in_p).sum()), x.device)
         l_p = (l_cls + l_asl + un[in_p].mean()) * share_p if bool(in_p.any()) else zero  # Algorithm 1 line 24
         l_u = un[~in_p].mean() * share_u if bool((~in_p).any()) else zero  # line 23
         losses["loss_cls"], losses["loss_asl"] = l_cls * share_p, l_asl * share_p
