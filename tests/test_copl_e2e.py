@@ -33,6 +33,10 @@ def test_copl_runs_every_iteration_and_reports_clustering(compose, tiny_override
     assert {r["stage"] for r in saved["history"]} == {"iter1", "iter2", "iter3"}
     assert {"loss_cls", "loss_asl", "loss_ci", "loss_c", "loss_co", "loss_p", "loss_u"} <= set(saved["history"][-1])
     assert sum("clustering: purity=" in r.message for r in caplog.records) == 3
+    # each clustering's cluster-against-class matrix is plotted into the run's plots/
+    assert len(stages[0]["cluster_assignment"]["clusters"]) == 24
+    for name in ("iter1", "iter2", "iter3", "final"):
+        assert (tmp_path / "run" / "plots" / f"clusters_{name}.png").stat().st_size > 0
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     extra = state["method_extra"]
     assert len(extra["pseudo"]) == 24 and set(extra["pseudo"].values()) <= set(range(5))

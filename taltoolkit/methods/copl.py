@@ -291,6 +291,8 @@ class COPL(Method):
             if sel.any():
                 sp = clustering_scores(t_arr[sel], labels[sel])
                 metrics.update({f"p_{k}": sp[k] for k in ("purity", "nmi", "ari", "accuracy")})
+            # For the cluster-against-class plot of the run (taltoolkit.visualization).
+            metrics["cluster_assignment"] = {"clusters": labels[known].tolist(), "classes": t_arr[known].tolist()}
             by = sel if (self.cluster_mapping == "p" and sel.any()) else known
             mapping = self._hungarian_mapping(t_arr[by], labels[by], c)
             if outputs is not None:

@@ -296,11 +296,30 @@ def write_run_plots(
         rounds = pseudo_label_rounds(data.metrics.get("stage_metrics") or [])
         if rounds:
             attempt("the pseudo-label rounds", plot_pseudo_label_quality, plots / "pseudo_labels.png", rounds)
+        from taltoolkit.visualization.clusters import plot_cluster_confusion
+
+        for stage, name, assignment in cluster_assignments(data.metrics.get("stage_metrics") or []):
+            attempt(f"the {name} clusters", plot_cluster_confusion, plots / f"clusters_{name}.png",
+                    assignment["clusters"], assignment["classes"], data.classes, title=f"{stage}: clusters x classes")
     if report:
         from taltoolkit.visualization.report import write_report
 
         attempt("report.html", write_report, data, base / REPORT_FILE, plots_dir=plots, videos=video_pngs)
     return written
+
+
+def cluster_assignments(stage_metrics: Sequence[dict[str, Any]]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(stage, file name part, {"clusters", "classes"}) for every clustering a method reported in
+    its stage metrics as ``cluster_assignment`` (COPL: each iteration's clustering) or
+    ``final_cluster_assignment`` (the clustering of the trained model)."""
+    out = []
+    for i, m in enumerate(stage_metrics):
+        stage = str(m.get("stage", i))
+        for key, name in (("cluster_assignment", stage), ("final_cluster_assignment", "final")):
+            a = m.get(key)
+            if isinstance(a, dict) and a.get("clusters") and len(a["clusters"]) == len(a.get("classes", ())):
+                out.append((stage if name == stage else f"{stage} (trained model)", name, a))
+    return out
 
 
 def select_videos(data: RunData, names: Sequence[str] | None, num_videos: int) -> list[str]:
