@@ -52,9 +52,9 @@ class Video:
     def action_mask(self) -> np.ndarray:
         """(T,) bool: steps whose centre lies inside a ground-truth segment (any class).
 
-        For diagnostics of actionness (how well an attention finds the actions), never for training.
+        For statistics and diagnostics (how well an attention finds the actions), not training.
         """
-        centres = self.offset_s + (np.arange(self.num_steps, dtype=np.float64) + 0.5) * self.step_s  # (T,)
+        centres = self.to_seconds(np.arange(self.num_steps) + 0.5)  # (T,)
         seg = np.asarray(self.segments, np.float64).reshape(-1, 2)  # (N, 2)
         inside = (centres[:, None] >= seg[None, :, 0]) & (centres[:, None] < seg[None, :, 1])  # (T, N)
         return inside.any(axis=1)

@@ -522,15 +522,6 @@ def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return num / np.maximum(den, 1e-12)
 
 
-def _action_mask(v: Video) -> np.ndarray:
-    """(T,) bool: steps whose centre lies inside a ground-truth segment."""
-    centres = v.to_seconds(np.arange(v.num_steps) + 0.5)
-    seg = np.asarray(v.segments, np.float64).reshape(-1, 2)
-    if not len(seg):
-        return np.zeros(v.num_steps, bool)
-    return ((centres[:, None] >= seg[None, :, 0]) & (centres[:, None] < seg[None, :, 1])).any(1)
-
-
 def _coverage(segments: np.ndarray, duration: float) -> float:
     """Exact fraction of ``[0, duration]`` covered by the union of the segments."""
     seg = np.clip(np.asarray(segments, np.float64).reshape(-1, 2), 0.0, duration)
@@ -581,7 +572,7 @@ def summary_statistics(videos: list[Video], seed: int = 0) -> dict[str, Any]:
         dim_sum = dim_sum + x.sum(0, dtype=np.float64)
         dim_sq = dim_sq + np.square(x).sum(0, dtype=np.float64)
         n_steps += len(x)
-        m = _action_mask(v)
+        m = v.action_mask()
         if m.sum() >= 2 and (~m).sum() >= 2:
             ab_cos.append(float(_cos_rows(x[m].mean(0, keepdims=True), x[~m].mean(0, keepdims=True))[0]))
             nrm = np.linalg.norm(x, axis=1)

@@ -11,44 +11,10 @@ import os
 import torch
 import torch.distributed as dist
 
-from taltoolkit.collectives import (  # re-exported (__all__)
-    all_gather_rows,
-    all_gather_rows_with_grad,
-    all_gather_rows_with_start,
-    all_reduce_max,
-    all_reduce_sum,
-    all_reduce_sum_with_grad,
-    barrier,
-    broadcast_object,
-    global_mean,
-    global_share,
-    is_distributed,
-    is_main,
-    rank,
-    shard_and_gather,
-    world_size,
-)
+from taltoolkit import collectives
+from taltoolkit.collectives import *  # noqa: F403 - re-exported: every collective, listed once in collectives.__all__
 
-__all__ = [
-    "all_gather_rows",
-    "all_gather_rows_with_grad",
-    "all_gather_rows_with_start",
-    "all_reduce_max",
-    "all_reduce_sum",
-    "all_reduce_sum_with_grad",
-    "barrier",
-    "broadcast_object",
-    "cleanup",
-    "global_mean",
-    "global_share",
-    "init_distributed",
-    "is_distributed",
-    "is_main",
-    "rank",
-    "resolve_device",
-    "shard_and_gather",
-    "world_size",
-]
+__all__ = [*collectives.__all__, "cleanup", "init_distributed", "resolve_device"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:

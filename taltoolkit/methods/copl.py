@@ -251,8 +251,7 @@ class COPL(Method):
         pos = None if output is None else output.get("_positions")
         if pos is None:
             return x
-        idx = torch.as_tensor(np.asarray(pos), dtype=torch.long)  # (T',) native step indices
-        return x if len(idx) == len(x) and bool((idx == torch.arange(len(x))).all()) else x[idx]
+        return x[torch.as_tensor(np.asarray(pos), dtype=torch.long)]  # pos: (T',) native step indices
 
     def _cluster(self, context: StageContext, first: bool) -> dict[str, Any]:
         videos = context.train_videos
@@ -461,7 +460,9 @@ class COPL(Method):
         h = selection_scores(out["cas"], out["a_ca_m"], self.beta, self.selection_modalities)  # (B, T, C)
         idx, counts = topk_mil_indices(h, ratio=self.topk_ratio, mask=mask, return_counts=True)
         scores = topk_mil_pool(out["cas"], idx, counts).softmax(-1)  # (B, C)
-        cas = self.beta * out["cas"].softmax(-1) + (1 - self.beta) * out["a_ca"].unsqueeze(-1)  # (B, T, C)
+        # The thresholded sequence is h_cs with the modalities' mean (A_ca, Eq. 13), whichever form selects.
+        cas = h if self.selection_modalities == "mean" else selection_scores(
+            out["cas"], out["a_ca_m"], self.beta, "mean")  # (B, T, C)
         positions = batch.get("positions")
         if not self.weak:
             inv = torch.empty_like(self.cluster_to_class)
