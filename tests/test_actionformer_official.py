@@ -1,8 +1,8 @@
 """Parity with ActionFormer's public code (happyharrycn/actionformer_release), optional.
 
 Skipped unless ``ACTIONFORMER_OFFICIAL_DIR`` points at a checkout of that repository. Its
-network modules are imported in pure PyTorch (the compiled NMS extension is never loaded:
-``libs.utils`` is replaced by a stub while importing), built from its own
+network modules are imported in pure PyTorch (``libs.utils`` is replaced by a stub while
+importing them; only the NMS test loads the compiled extension), built from its own
 ``configs/thumos_i3d.yaml`` / ``configs/anet_i3d.yaml`` (widths reduced so the test is quick)
 next to this library's model built from ``conf/`` the way ``tools/run.py`` composes it. The
 library's (randomised) weights are copied into the public modules by name, and the test
@@ -13,7 +13,9 @@ compares, in float64:
   a multiple of the pyramid unit, exactly max_seq_len, longer);
 - the label assignment and the losses (``label_points``, ``losses``);
 - the candidates before NMS (``inference_single_video``);
-- the weight-decay split (``make_optimizer``).
+- the weight-decay split (``make_optimizer``);
+- Soft-NMS with voting against the compiled ``nms_1d_cpu`` (``libs/utils/nms.py``), when it
+  has been built in place (``python setup.py build_ext --inplace`` in ``libs/utils``).
 
     ACTIONFORMER_OFFICIAL_DIR=/path/to/actionformer_release python -m pytest tests/test_actionformer_official.py
 """
@@ -283,3 +285,47 @@ def test_weight_decay_split_matches_make_optimizer(official, compose, dataset, c
     assert no_decay_lib == no_decay_off
     assert set(lib_names.values()) - no_decay_lib == decay_off
     assert any(n.endswith("scale_attn.scale") for n in no_decay_lib) and "scales" in no_decay_lib
+
+
+def _compiled_nms() -> Any:
+    """The public ``libs/utils/nms.py`` with its compiled ``nms_1d_cpu`` (built in place by
+    ``python setup.py build_ext --inplace`` in ``libs/utils``); skips when it is not built."""
+    folder = Path(OFFICIAL or "") / "libs" / "utils"
+    sys.path.insert(0, str(folder))
+    try:
+        try:
+            importlib.import_module("nms_1d_cpu")
+        except ImportError:
+            pytest.skip(f"nms_1d_cpu is not built in {folder} (python setup.py build_ext --inplace)")
+        spec = importlib.util.spec_from_file_location("_official_nms", folder / "nms.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        return mod
+    finally:
+        sys.path.remove(str(folder))
+
+
+@pytest.mark.parametrize("multiclass,voting", [(True, 0.7), (False, 0.9)])  # THUMOS14 / ActivityNet test_cfg
+def test_soft_nms_matches_the_compiled_extension(multiclass, voting):
+    """The library's Soft-NMS + voting + top-k (segment_postprocess) keeps the segments, scores
+    and labels that the public C++ ``batched_nms`` keeps, on ActionFormer-like candidates."""
+    from taltoolkit.postprocess.proposals import segment_postprocess
+
+    nms_mod = _compiled_nms()
+    g = torch.Generator().manual_seed(0)
+    n, classes = 3000, 6
+    start = torch.rand(n, generator=g, dtype=torch.float64) * 300
+    segs = torch.stack([start, start + 0.5 + torch.rand(n, generator=g, dtype=torch.float64) * 30], 1).float()
+    scores = torch.rand(n, generator=g).pow(3)  # many low, few high scores, as a trained detector
+    labels = torch.randint(0, classes, (n,), generator=g)
+    exp_segs, exp_scores, exp_labels = nms_mod.batched_nms(
+        segs.clone(), scores.clone(), labels.clone(), 0.1, 0.001, 200, use_soft_nms=True,
+        multiclass=multiclass, sigma=0.5, voting_thresh=voting)
+    det = segment_postprocess(segs, scores, labels, step_s=None, pre_nms_thresh=0.0, pre_nms_topk=n,
+                              duration_thresh=0.0, nms_method="soft", iou_threshold=0.1, sigma=0.5,
+                              min_score=0.001, max_seg_num=200, multiclass=multiclass, voting_thresh=voting)
+    assert len(det) == len(exp_scores) == 200
+    np = pytest.importorskip("numpy")
+    assert np.array_equal(det.labels, exp_labels.numpy())
+    np.testing.assert_allclose(det.scores, exp_scores.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(det.segments, exp_segs.numpy(), rtol=1e-5, atol=1e-4)
