@@ -379,6 +379,323 @@ def bench_sinkhorn(args: argparse.Namespace) -> dict:
     return report
 
 
+# ----------------------------------------------------------------------------- THUMOS-sized runs
+
+# Library side of the per-method benchmarks: (method override, extra overrides). ACM-Net is
+# RMGCL's baseline (memory_branch=none), trained and evaluated as ACM-Net's public code does.
+METHODS = {
+    "case": ("case", []),
+    "acmnet": ("rmgcl", ["memory_branch=none"]),
+    "actionformer": ("actionformer", []),
+}
+
+
+def _thumos_overrides(args: argparse.Namespace) -> list[str]:
+    """The THUMOS-sized synthetic dataset (docs/benchmarks.md): real THUMOS14 lengths, 2048-d;
+    ActionFormer reads the concat layout at its own timing (I3D every 4 frames at 30 fps)."""
+    if args.method == "acmnet":  # ACM-Net's embedding keeps the feature width (2048 on THUMOS14)
+        data = [f"model.hidden_dim={args.feature_dim}"]
+    else:
+        data = []
+    if args.method == "actionformer":
+        data += ["dataset.layout=concat", f"dataset.step_s={4 / 30}", f"dataset.max_seq_len={args.max_seq_len}",
+                "dataset.num_segments=750"]
+    else:
+        data += ["dataset.layout=split", "dataset.num_segments=750", "dataset.max_seq_len=750", "dataset.step_s=0.64"]
+    return ["dataset=synthetic", f"dataset.num_train={args.train_videos}", f"dataset.num_test={args.test_videos}",
+            f"dataset.feature_dim={args.feature_dim}", "dataset.duration_scale=1.0", "dataset.max_steps=null",
+            f"dataset.seed={args.seed}", *data]
+
+
+def build_library(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(config, trainer, RunParts) of ``args.method`` on the THUMOS-sized synthetic data, CPU."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from taltoolkit.entry import build
+
+    name, extra = METHODS[args.method]
+    overrides = [f"method={name}", *extra, *_thumos_overrides(args), "trainer.progress=false",
+                 f"trainer.device={args.device}", "trainer.checkpoint_every=1000000", "trainer.eval_every=0",
+                 *([f"trainer.batch_size={args.batch_size}"] if args.batch_size else []), *args.override]
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    trainer = instantiate(cfg.trainer, _convert_="all")
+    parts = build(cfg, trainer)
+    return cfg, trainer, parts
+
+
+def prepare_weights(args: argparse.Namespace, trainer: Any, parts: Any) -> str:
+    """Load ``--weights`` or train ``--train-epochs`` epochs first (an untrained network makes
+    few proposals, so its evaluation is cheaper than a trained one's); returns what was done."""
+    import torch
+
+    if args.weights:
+        state = torch.load(args.weights, map_location="cpu")
+        parts.method.load_state_dict(state.get("weights", state) if isinstance(state, dict) else state)
+        return f"weights {args.weights}"
+    if args.train_epochs > 0:
+        t0 = time.perf_counter()
+        trainer.max_epochs = args.train_epochs
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer.fit(parts.method, parts.train, tmp, None, seed=args.seed)
+        took = time.perf_counter() - t0
+        if args.save_weights:
+            torch.save(parts.method.state_dict(), args.save_weights)
+        return f"trained {args.train_epochs} epochs ({took:.0f} s)"
+    return "untrained (random initialisation)"
+
+
+def time_evaluation_stages(evaluator: Any, method: Any, out_dir: str | None = None, num_plots: int = 3,
+                           classes: list[str] | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+    """One evaluation of ``method`` split by stage (:mod:`taltoolkit.evaluation.stages`), plus
+    the end-of-run outputs (results JSON, plots) when ``out_dir`` is given: (seconds by stage
+    with ``"total"``, metrics)."""
+    from taltoolkit.evaluation.stages import STAGES, record_stages, stage
+
+    t0 = time.perf_counter()
+    with record_stages() as timer:
+        metrics, dets, outputs = evaluator.evaluate(method)
+        if out_dir is not None:
+            from taltoolkit.engine.reporting import write_plots
+            from taltoolkit.postprocess.results_io import write_results_json
+
+            with stage("results_writing"):
+                write_results_json(os.path.join(out_dir, "predictions.json"), dets, classes or evaluator.classes)
+            with stage("plots"):
+                write_plots(__import__("pathlib").Path(out_dir), evaluator.videos, outputs,
+                            classes or evaluator.classes, num_plots)
+    total = time.perf_counter() - t0
+    seconds = {k: timer.seconds.get(k, 0.0) for k in STAGES}
+    seconds.update({k: v for k, v in timer.seconds.items() if k not in seconds})
+    seconds["other"] = max(total - timer.total, 0.0)
+    seconds["total"] = total
+    return seconds, metrics
+
+
+def bench_evalstages(args: argparse.Namespace) -> dict:
+    """A method's test evaluation on the THUMOS-sized data, split by stage."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    cfg, trainer, parts = build_library(args)
+    built = time.perf_counter() - t0
+    how = prepare_weights(args, trainer, parts)
+    print(f"{args.method}: {len(parts.train.videos)} training / {len(parts.test_videos)} test videos, "
+          f"{args.feature_dim}-d, built in {built:.0f} s; {how}; {torch.get_num_threads()} torch threads, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    runs = []
+    for r in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            secs, metrics = time_evaluation_stages(parts.evaluator, parts.method, tmp if args.outputs else None,
+                                                   classes=list(parts.dataset.classes))
+        runs.append(secs)
+    best = min(runs, key=lambda s: s["total"])
+    print(f"{'stage':<22}{'seconds':>9}   (the fastest of {args.repeat} evaluations)")
+    for k, v in best.items():
+        print(f"{k:<22}{v:9.3f}")
+    print(f"average mAP {metrics['average_mAP']:.2f}")
+    return {"benchmark": "evalstages", "machine": _machine(), "method": args.method, "weights": how,
+            "threads": torch.get_num_threads(), "load_average_1min": os.getloadavg()[0],
+            "test_videos": len(parts.test_videos), "seconds": best, "all_runs": runs,
+            "average_mAP": metrics["average_mAP"], "mAP": metrics["mAP"]}
+
+
+def library_step_runner(trainer: Any, method: Any) -> Callable[[dict], None]:
+    """One library optimizer step on a collated batch through the real ``Trainer.step`` (the
+    method's training_step, backward, the method's optimizer and schedule, its end-of-step hook)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    stage = method.stages()[0]
+    params = [p for p in method.parameters() if p.requires_grad]
+    no_decay = method.no_weight_decay_parameters() if hasattr(method, "no_weight_decay_parameters") else []
+    optimizer = trainer.build_optimizer(params, stage, no_decay)
+    state = SimpleNamespace(bank=None, module=method, method=method, optimizer=optimizer, lr=0.0, params=params,
+                            scheduler=trainer.build_scheduler(optimizer, 1, 1000),
+                            scaler=torch.amp.GradScaler("cuda", enabled=False), losses={}, global_step=0)
+    method.train()
+    method.on_epoch_start(0)
+    return lambda batch: trainer.step(state, batch)
+
+
+def _official_items(args: argparse.Namespace, parts: Any) -> tuple[list, list]:
+    """The library's test samples (its test sampling), as the public test loops read them, and
+    the library's collated test batches."""
+    import torch
+
+    dataset, collate = parts.evaluator.make_dataset(parts.test_videos)
+    official, library = [], []
+    for i, video in enumerate(parts.test_videos):
+        item = dataset[i]
+        x = torch.from_numpy(np.ascontiguousarray(item["features"], dtype=np.float32))[None]  # (1, T, D)
+        y = torch.from_numpy(np.asarray(item["video_labels"], np.float32))[None]  # (1, C)
+        n = torch.tensor([video.num_steps])
+        if args.method == "case":  # inference_case: data, label, temp_anno, [name], vid_num_seg
+            official.append((x, y, None, [video.name], n))
+        elif args.method == "acmnet":  # main_thu.test: [name], data, label, vid_len, duration
+            official.append(([video.name], x, y, n, torch.tensor([video.duration])))
+        else:  # libs/utils valid_one_epoch: a list of one video dict
+            official.append([{"video_id": video.name, "feats": x[0].T.contiguous(), "fps": 30.0,
+                              "duration": float(video.duration), "feat_stride": 4, "feat_num_frames": 4}])
+        library.append(collate([item]))
+    return official, library
+
+
+def _training_batches(args: argparse.Namespace, parts: Any, trainer: Any) -> tuple[list, list]:
+    """``--steps`` collated training batches of the library's sampler, and the same tensors as
+    the public training loops read them."""
+    dataset, collate = parts.train.make_dataset(parts.train.videos, args.seed)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(dataset))
+    bs = trainer.batch_size
+    library = [collate([dataset[int(j)] for j in order[k * bs:(k + 1) * bs]]) for k in range(args.steps)]
+    official: list = []
+    for b in library:
+        if args.method in ("case", "acmnet"):
+            official.append((b["features"], b["video_labels"]))
+        else:  # ActionFormer video dicts; its point j is the library's grid coordinate j + 0.5
+            videos = []
+            for i in range(b["features"].shape[0]):
+                n = int(b["mask"][i].sum())
+                videos.append({"video_id": b["names"][i], "feats": b["features"][i, :n].T.contiguous(),
+                               "segments": torch_tensor(b["segments"][i]) - 0.5, "labels": torch_tensor(b["labels"][i]).long(),
+                               "fps": 30.0, "duration": float(b["duration"][i]), "feat_stride": 4, "feat_num_frames": 4})
+            official.append(videos)
+    return library, official
+
+
+def torch_tensor(x: Any) -> Any:
+    import torch
+
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def bench_sidebyside(args: argparse.Namespace) -> dict:
+    """Library against the public code in one process: the same weights, batches, test videos
+    and thread count; the two sides alternate ``--repeat`` times and the median is kept."""
+    import copy
+    from pathlib import Path
+
+    import torch
+
+    import official_adapters as oa
+
+    torch.set_num_threads(args.threads)
+    root = oa.official_dir(args.method, args.official)
+    cfg, trainer, parts = build_library(args)
+    how = prepare_weights(args, trainer, parts)
+    classes = list(parts.dataset.classes)
+    tmp = tempfile.TemporaryDirectory()
+    work = Path(tmp.name)
+    gt_path = oa.write_official_gt(parts.evaluator.ground_truth, classes, work / "gt.json", parts.subset)
+    method = parts.method
+    if args.method == "case":
+        official = oa.OfficialCASE(root, method, gt_path, work, site=args.official_site)
+    elif args.method == "acmnet":
+        official = oa.OfficialACMNet(root, method, classes, gt_path, work, site=args.official_site)
+    else:
+        from omegaconf import OmegaConf
+
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        model_cfg.setdefault("max_seq_len", args.max_seq_len)
+        official = oa.OfficialActionFormer(root, method, model_cfg, gt_path, len(classes), args.feature_dim,
+                                           site=args.official_site)
+    print(f"{args.method} side by side with {root}: {len(parts.train.videos)} training / {len(parts.test_videos)} "
+          f"test videos, {args.feature_dim}-d; {how}; {torch.get_num_threads()} torch threads, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    report: dict[str, Any] = {"benchmark": "sidebyside", "method": args.method, "official": str(root),
+                              "machine": _machine(), "threads": torch.get_num_threads(), "weights": how,
+                              "load_average_1min_start": os.getloadavg()[0], "seconds": {}}
+
+    # Evaluation first, while both networks hold the same weights.
+    off_items, _ = _official_items(args, parts)
+    ev: dict[str, list[float]] = {"official": [], "library": []}
+    lib_stages, off_map, lib_metrics = None, None, None
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        off_map = official.evaluate(off_items)
+        ev["official"].append(time.perf_counter() - t0)
+        secs, lib_metrics = time_evaluation_stages(parts.evaluator, method)
+        ev["library"].append(secs["total"])
+        lib_stages = secs if lib_stages is None or secs["total"] < lib_stages["total"] else lib_stages
+    report["seconds"]["evaluation"] = {k: float(np.median(v)) for k, v in ev.items()}
+    report["evaluation_all"] = ev
+    report["library_evaluation_stages"] = lib_stages
+    report["mAP_percent"] = {"library": lib_metrics["mAP"],
+                             "official": off_map if isinstance(off_map, float) else [100 * float(a) for a in off_map]}
+
+    # Training steps on the same batches (the weights diverge from here on; timing only).
+    lib_batches, off_batches = _training_batches(args, parts, trainer)
+    step = library_step_runner(trainer, method)
+    tr: dict[str, list[float]] = {"official": [], "library": []}
+    for r in range(args.repeat + 1):  # the first round warms both sides up and is not kept
+        t0 = time.perf_counter()
+        official.train(off_batches)
+        t_off = (time.perf_counter() - t0) / len(off_batches)
+        t0 = time.perf_counter()
+        for b in lib_batches:
+            step(b)
+        t_lib = (time.perf_counter() - t0) / len(lib_batches)
+        if r:
+            tr["official"].append(t_off)
+            tr["library"].append(t_lib)
+    report["seconds"]["training_step"] = {k: float(np.median(v)) for k, v in tr.items()}
+    report["training_step_all"] = tr
+    report["steps"] = args.steps
+    report["batch_size"] = trainer.batch_size
+
+    if args.method == "actionformer":
+        report["nms"] = _nms_side_by_side(args, official)
+    report["load_average_1min_end"] = os.getloadavg()[0]
+    tmp.cleanup()
+
+    e, t = report["seconds"]["evaluation"], report["seconds"]["training_step"]
+    print(f"{'':<34}{'library':>10}{'official':>10}{'ratio':>8}")
+    print(f"{'test evaluation, s':<34}{e['library']:10.2f}{e['official']:10.2f}{e['library'] / e['official']:8.2f}")
+    print(f"{'training step, s':<34}{t['library']:10.3f}{t['official']:10.3f}{t['library'] / t['official']:8.2f}")
+    print("library evaluation by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in lib_stages.items() if v))
+    print(f"mAP library {report['mAP_percent']['library']}, official {report['mAP_percent']['official']}")
+    if "nms" in report:
+        for k, v in report["nms"]["ms_per_video"].items():
+            print(f"NMS {k:<40}{v:8.2f} ms/video")
+    return report
+
+
+def _nms_side_by_side(args: argparse.Namespace, official: Any) -> dict:
+    """ActionFormer's batched_nms (compiled nms_1d_cpu) against the library's soft_nms_indices
+    / batched_nms on the same seeded proposals and settings (its THUMOS14 test settings)."""
+    import torch
+
+    from taltoolkit.postprocess.suppression import batched_nms, soft_nms_indices
+
+    g = torch.Generator().manual_seed(args.seed)
+    videos = []
+    for _ in range(args.nms_videos):
+        n = 2000  # pre_nms_topk
+        start = torch.rand(n, generator=g) * 1000
+        seg = torch.stack([start, start + torch.rand(n, generator=g) * 60 + 0.5], 1)
+        videos.append((seg, torch.rand(n, generator=g), torch.randint(0, 20, (n,), generator=g)))
+    kw = dict(iou_threshold=0.1, min_score=0.001, max_seg_num=200, sigma=0.5)
+    cases = {
+        "soft, official batched_nms": lambda: [official.batched_nms(s, c, lb, use_soft_nms=True, multiclass=True,
+                                                                    voting_thresh=0.0, **kw) for s, c, lb in videos],
+        "soft, library soft_nms_indices": lambda: [soft_nms_indices(s, c, lb, iou_threshold=0.1, sigma=0.5,
+                                                                    min_score=0.001, top_k=200) for s, c, lb in videos],
+        "hard, official batched_nms": lambda: [official.batched_nms(s, c, lb, use_soft_nms=False, multiclass=True,
+                                                                    voting_thresh=0.0, **kw) for s, c, lb in videos],
+        "hard, library batched_nms": lambda: [batched_nms(s, c, lb, 0.1) for s, c, lb in videos],
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(args.repeat):
+        for k, fn in cases.items():  # alternating
+            times[k].append(_timeit(fn, 1)[0][0])
+    return {"videos": args.nms_videos, "proposals_per_video": 2000, "settings": kw,
+            "ms_per_video": {k: 1000 * float(np.median(v)) / args.nms_videos for k, v in times.items()}}
+
+
 def _machine() -> dict[str, Any]:
     import torch
 
@@ -445,11 +762,36 @@ def main(argv: list[str] | None = None) -> int:
         # On a CPU the "device" is host memory: both settings time the same thing (docs/benchmarks.md).
         sp.add_argument("--on-device", choices=("both", "false", "true"), default=None,
                         help="features_on_device settings to time (default: both on CUDA, false on CPU)")
-    for sp in (e, n, t, k, a):
+    st = sub.add_parser("evalstages", help="a method's test evaluation on THUMOS-sized data, split by stage")
+    sb = sub.add_parser("sidebyside", help="library against the public code: training step and test evaluation")
+    sb.add_argument("--official", default=None, help="checkout of the public code (default: $CASE_OFFICIAL_DIR, "
+                    "$ACMNET_OFFICIAL_DIR or $ACTIONFORMER_OFFICIAL_DIR)")
+    sb.add_argument("--official-site", default=None, help="extra package folder(s) for the public code (pandas, "
+                    "h5py), appended to sys.path (default: $TALTOOLKIT_OFFICIAL_SITE)")
+    sb.add_argument("--steps", type=int, default=4, help="training batches timed per round")
+    sb.add_argument("--nms-videos", type=int, default=20, help="ActionFormer: videos of 2000 proposals for the NMS timing")
+    for sp in (st, sb):
+        sp.add_argument("--method", choices=sorted(METHODS), default="case")
+        sp.add_argument("--train-videos", type=int, default=200)
+        sp.add_argument("--test-videos", type=int, default=212)
+        sp.add_argument("--feature-dim", type=int, default=2048)
+        sp.add_argument("--max-seq-len", type=int, default=2304, help="ActionFormer's training crop (THUMOS14)")
+        sp.add_argument("--batch-size", type=int, default=None, help="default: the method's trainer config")
+        sp.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
+        sp.add_argument("--train-epochs", type=int, default=0, help="train the library this long first")
+        sp.add_argument("--weights", default=None, help="a state dict to evaluate instead (e.g. --save-weights of an earlier run)")
+        sp.add_argument("--save-weights", default=None, help="after --train-epochs, save the state dict here")
+        sp.add_argument("--repeat", type=int, default=3)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--device", default="cpu")
+        sp.add_argument("override", nargs="*", help="extra Hydra overrides for the library side")
+    st.add_argument("--outputs", action="store_true", help="also time the end-of-run outputs (results JSON, plots)")
+    for sp in (e, n, t, k, a, st, sb):
         sp.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args(argv)
     report = {"eval": bench_eval, "nms": bench_nms, "train": bench_train, "sinkhorn": bench_sinkhorn,
-              "actionformer": bench_train}[args.command](args)
+              "actionformer": bench_train, "evalstages": bench_evalstages,
+              "sidebyside": bench_sidebyside}[args.command](args)
     if args.out:
         atomic_write_text(args.out, json.dumps(report, indent=2))
         print(f"written to {args.out}")

@@ -18,6 +18,7 @@ from taltoolkit import collectives
 from taltoolkit.engine.batching import move_batch
 from taltoolkit.engine.method import Method
 from taltoolkit.evaluation import detection_map
+from taltoolkit.evaluation.stages import stage
 from taltoolkit.structures import Detections, Video
 
 log = logging.getLogger("taltoolkit")
@@ -68,13 +69,18 @@ class Evaluator:
         # A bar on a terminal only: in a log file its carriage returns would be one long line.
         if self.progress and collectives.is_main() and sys.stderr.isatty():
             it = tqdm(loader, desc="predict", unit="video", leave=False, dynamic_ncols=True)
-        for batch in it:
-            batch = move_batch(batch, self.device)
-            for i, out in enumerate(method.predict(batch)):
-                out = {k: _to_numpy(v) for k, v in out.items()}
-                if "step_scale" in batch:  # a test video resampled to another length
-                    out["_step_scale"] = float(batch["step_scale"][i])
-                outputs.append(out)
+        it = iter(it)
+        while True:
+            with stage("prediction"):  # loading, the network, the outputs to numpy
+                batch = next(it, None)
+                if batch is None:
+                    break
+                batch = move_batch(batch, self.device)
+                for i, out in enumerate(method.predict(batch)):
+                    out = {k: _to_numpy(v) for k, v in out.items()}
+                    if "step_scale" in batch:  # a test video resampled to another length
+                        out["_step_scale"] = float(batch["step_scale"][i])
+                    outputs.append(out)
         method.train(was_training)
         return outputs
 
@@ -93,6 +99,10 @@ class Evaluator:
         return {v.name: d for v, (d, _) in zip(self.videos, pairs)}, [out for _, out in pairs]
 
     def _postprocess(self, video: Video, out: dict[str, Any]) -> Detections:
+        with stage("proposals"):
+            return self._postprocess_video(video, out)
+
+    def _postprocess_video(self, video: Video, out: dict[str, Any]) -> Detections:
         extra: dict[str, Any] = {}
         if self._wants_video():
             # e.g. segment_postprocess with external_scores: per-video class scores by name
@@ -119,10 +129,11 @@ class Evaluator:
         dets, outputs = self.detections(method)
         metrics = None
         if collectives.is_main():
-            result = detection_map(
-                self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset,
-                averages=self.averages,
-            )
+            with stage("mAP"):
+                result = detection_map(
+                    self.ground_truth, dets, self.classes, self.tiou_thresholds, subset=self.subset,
+                    averages=self.averages,
+                )
             metrics = result.to_dict(percent=True)
         return collectives.broadcast_object(metrics), dets, outputs
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from taltoolkit import collectives
 from taltoolkit.engine.method import Method
+from taltoolkit.evaluation.stages import stage
 from taltoolkit.losses.clustering import (
     cluster_fb_logits,
     cluster_prototypes,
@@ -324,7 +325,8 @@ class CASE(Method):
                 )
                 for si, branch in enumerate(self.memory)
             ])  # (S, B, T, G)
-        combined = self._combined_scores(out, self._test_foreground(out), cas_prob)  # (B, T, G)
+        with stage("clustering_assisted"):  # Sec. 4.3: the calibrated T-CAS
+            combined = self._combined_scores(out, self._test_foreground(out), cas_prob)  # (B, T, G)
         idx, counts = topk_mil_indices(
             combined, ratio=self.topk_ratio, mask=mask, return_counts=True, rounding=self.topk_rounding
         )  # (B, k, G)

@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from taltoolkit.evaluation.stages import stage
 from taltoolkit.postprocess.proposals import upgrade_resolution  # shared with CASE (interpolation="start_linear")
 from taltoolkit.registry import register
 from taltoolkit.structures import Detections
@@ -209,7 +210,8 @@ def acmnet_proposals(
             add(acmnet_oic(runs_of, score_seq, classes, scores, per_step, offset_s, inflation,
                            actionness_score_weight, min_length))
 
-    kept = [acmnet_nms(np.asarray(p, dtype=np.float64), nms_threshold, iou_offset) for p in props.values()]
+    with stage("nms"):
+        kept = [acmnet_nms(np.asarray(p, dtype=np.float64), nms_threshold, iou_offset) for p in props.values()]
     if not kept:
         return empty
     allp = np.concatenate(kept, 0)  # (N, 4)

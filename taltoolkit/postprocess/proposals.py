@@ -32,6 +32,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from taltoolkit.evaluation.stages import stage
 from taltoolkit.registry import register
 from taltoolkit.structures import Detections
 
@@ -136,6 +137,14 @@ def _nms_select(
     sigma: float = 0.5, min_score: Optional[float] = None, method: str = "gaussian",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-label NMS on numpy arrays -> (kept indices, their scores) by decreasing score."""
+    with stage("nms"):
+        return _nms_select_untimed(segs, scores, labels, nms, iou_threshold, sigma, min_score, method)
+
+
+def _nms_select_untimed(
+    segs: np.ndarray, scores: np.ndarray, labels: np.ndarray, nms: str, iou_threshold: float,
+    sigma: float, min_score: Optional[float], method: str,
+) -> tuple[np.ndarray, np.ndarray]:
     if nms == "none" or len(scores) == 0:
         order = np.lexsort((np.arange(len(scores)), -scores))
         return order, scores[order]
@@ -441,11 +450,12 @@ def segment_postprocess(
 
         from taltoolkit.postprocess.suppression import soft_nms_indices
 
-        idx_t, sc_t = soft_nms_indices(
-            torch.from_numpy(segs), torch.from_numpy(sc), torch.from_numpy(nms_labels),
-            iou_threshold=iou_threshold, sigma=sigma, min_score=min_score, method="gaussian",
-            top_k=max_seg_num,
-        )
+        with stage("nms"):
+            idx_t, sc_t = soft_nms_indices(
+                torch.from_numpy(segs), torch.from_numpy(sc), torch.from_numpy(nms_labels),
+                iou_threshold=iou_threshold, sigma=sigma, min_score=min_score, method="gaussian",
+                top_k=max_seg_num,
+            )
         idx, new_sc = idx_t.numpy(), sc_t.numpy().astype(np.float64)
     else:
         idx, new_sc = _nms_select(segs, sc, nms_labels, nms_method, iou_threshold)

@@ -556,21 +556,42 @@ def one_pass_soft_nms_indices(
         raise ValueError(f"sigma must be > 0, got {sigma}")
     if n == 0:
         return torch.zeros(0, dtype=torch.long), sc
-    lab = torch.zeros(n, dtype=torch.long) if labels is None else torch.as_tensor(labels).reshape(-1).long().cpu()
+    lab = np.zeros(n, dtype=np.int64) if labels is None else torch.as_tensor(labels).reshape(-1).long().cpu().numpy()
     plus = 1.0 if inclusive_iou else 0.0
-    final = sc.clone()
-    for c in torch.unique(lab).tolist():
-        queue = torch.nonzero(lab == c).reshape(-1)
-        queue = queue[torch.argsort(-sc[queue], stable=True)]  # (Q,) by decreasing score
-        while queue.numel() > 0:
-            i, rest = queue[0], queue[1:]
-            inter = (torch.minimum(segs[i, 1], segs[rest, 1]) - torch.maximum(segs[i, 0], segs[rest, 0]) + plus).clamp_min(0)
-            area_i = segs[i, 1] - segs[i, 0] + plus
-            area_r = segs[rest, 1] - segs[rest, 0] + plus
-            iou = inter / (area_i + area_r - inter)  # (Q - 1,)
+    # The queue walk runs on numpy arrays (a few microseconds a step instead of a few tens
+    # for torch's per-call overhead on such small tensors); the IoU arithmetic is the same
+    # float64 expression element by element, and the decay is applied once at the end in
+    # torch, so the result equals the per-step torch formulation bit for bit.
+    seg_np = segs.detach().cpu().numpy()
+    sc_np = sc.detach().cpu().numpy()
+    start, end = seg_np[:, 0], seg_np[:, 1]
+    area = end - start + plus  # (N,)
+    hit_idx: list[np.ndarray] = []  # proposals that leave the queue decayed, and their IoU
+    hit_iou: list[np.ndarray] = []
+    order_by_label = np.argsort(lab, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, lab[order_by_label][1:] != lab[order_by_label][:-1], True])
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        queue = order_by_label[lo:hi]
+        queue = queue[np.argsort(-sc_np[queue], kind="stable")]  # (Q,) by decreasing score
+        qs, qe, qa = start[queue], end[queue], area[queue]  # queue-ordered copies
+        alive = np.arange(queue.size)  # positions in the queue still waiting
+        while alive.size > 0:
+            i, rest = alive[0], alive[1:]
+            inter = np.maximum(np.minimum(qe[i], qe[rest]) - np.maximum(qs[i], qs[rest]) + plus, 0.0)
+            with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0: NaN, never a hit (as in torch)
+                iou = inter / (qa[i] + qa[rest] - inter)  # (Q - 1,)
             hit = iou >= iou_threshold
-            final[rest[hit]] = sc[rest[hit]] * torch.exp(-iou[hit] ** 2 / sigma)
-            queue = rest[~hit]
+            if hit.any():
+                hit_idx.append(queue[rest[hit]])
+                hit_iou.append(iou[hit])
+                alive = rest[~hit]
+            else:
+                alive = rest
+    final = sc.clone()
+    if hit_idx:
+        idx = torch.from_numpy(np.concatenate(hit_idx)).to(sc.device)
+        iou_t = torch.from_numpy(np.concatenate(hit_iou)).to(sc.device)
+        final[idx] = sc[idx] * torch.exp(-iou_t ** 2 / sigma)
     order = torch.argsort(-final, stable=True)
     return order, final[order]
 
