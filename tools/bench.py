@@ -415,7 +415,9 @@ def build_library(args: argparse.Namespace) -> tuple[Any, Any, Any]:
     from taltoolkit.entry import build
 
     name, extra = METHODS[args.method]
-    overrides = [f"method={name}", *extra, *_thumos_overrides(args), "trainer.progress=false",
+    # ~method_dataset: the paper's settings (the method's THUMOS14 config, as the public codes
+    # run), not the quick schedule and small network of conf/method_dataset/*_synthetic.yaml.
+    overrides = [f"method={name}", "~method_dataset", *extra, *_thumos_overrides(args), "trainer.progress=false",
                  f"trainer.device={args.device}", "trainer.checkpoint_every=1000000", "trainer.eval_every=0",
                  *([f"trainer.batch_size={args.batch_size}"] if args.batch_size else []), *args.override]
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):

@@ -15,7 +15,10 @@ What the adapters change around the public code, all of it for running on a CPU 
 current packages (the same as the parity tests and the stand-alone runners):
 
 - ``np.int`` / ``np.float`` / ``np.bool`` are set back (removed from NumPy, the codes use
-  them); ``torch.cuda.synchronize`` and ``.cuda()`` are no-ops while an adapter runs;
+  them); ``torch.cuda.synchronize`` and ``.cuda()`` are no-ops while an adapter runs, and
+  ``Tensor.cpu()`` copies as it does from a GPU (CASE's inference writes into the array
+  that ``.cpu().numpy()`` returns and reads the tensor again: on a CPU tensor without the
+  copy its class scores would be binarised in place, changing its detections);
 - ``wandb`` (ACM-Net) is an empty module, never initialised (as with its ``--without_wandb``);
 - packages the environment lacks (pandas, h5py for the public evaluators) are taken from an
   extra folder given with ``--official-site`` or ``TALTOOLKIT_OFFICIAL_SITE``, *appended*
@@ -72,7 +75,7 @@ def official_environment(root: Path, extra_paths: Sequence[Path] = (), site: str
     patches = [(np, name, typ) for name, typ in (("int", int), ("float", float), ("bool", bool))
                if not hasattr(np, name)]
     saved_attrs = [(torch.cuda, "synchronize", torch.cuda.synchronize), (torch.Tensor, "cuda", torch.Tensor.cuda),
-                   (torch.nn.Module, "cuda", torch.nn.Module.cuda)]
+                   (torch.nn.Module, "cuda", torch.nn.Module.cuda), (torch.Tensor, "cpu", torch.Tensor.cpu)]
     had_wandb = "wandb" in sys.modules
     try:
         for obj, name, value in patches:
@@ -80,6 +83,10 @@ def official_environment(root: Path, extra_paths: Sequence[Path] = (), site: str
         torch.cuda.synchronize = lambda *a, **k: None
         torch.Tensor.cuda = lambda self, *a, **k: self
         torch.nn.Module.cuda = lambda self, *a, **k: self
+        # On a GPU, .cpu() copies; the codes rely on it (CASE's inference binarises
+        # score_supp[0].cpu().numpy() in place and then reads score_supp again, which on a CPU
+        # tensor would alias and change its proposals' scores and classes).
+        torch.Tensor.cpu = lambda self, *a, **k: self.clone()
         sys.modules.setdefault("wandb", types.ModuleType("wandb"))
         # tools/ holds eval.py and run.py: a plain module there would shadow the public codes'
         # namespace packages of the same name (CASE's eval/), so it leaves sys.path meanwhile.
