@@ -538,7 +538,7 @@ def _official_items(args: argparse.Namespace, parts: Any) -> tuple[list, list]:
         if args.method == "case":  # inference_case: data, label, temp_anno, [name], vid_num_seg
             official.append((x, y, None, [video.name], n))
         elif args.method == "acmnet":  # main_thu.test: [name], data, label, vid_len, duration
-            official.append(([video.name], x, y, n, torch.tensor([video.duration])))
+            official.append(([video.name], x, y, n, torch.tensor([video.duration], dtype=torch.float64)))
         else:  # libs/utils valid_one_epoch: a list of one video dict
             official.append([{"video_id": video.name, "feats": x[0].T.contiguous(), "fps": 30.0,
                               "duration": float(video.duration), "feat_stride": 4, "feat_num_frames": 4}])
