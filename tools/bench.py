@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks: ``python tools/bench.py {eval,nms,sinkhorn,train,actionformer} [--out bench.json]``.
+"""Benchmarks: ``python tools/bench.py {eval,nms,sinkhorn,train,actionformer,evalstages,sidebyside} [--out bench.json]``.
 
 ``eval``  THUMOS14-sized detection evaluation: the real THUMOS14 test ground truth and
           seeded random predictions near it (1000 per video); ``--dataset activitynet13``
@@ -21,6 +21,18 @@
 ``actionformer`` the same for ``method=actionformer`` (full labels) at ActionFormer's
           THUMOS14 timing: I3D features every 4 frames at 30 fps (``step_s`` 4/30), random
           crops of at most ``--max-seq-len`` 2304 steps, batch 2, the paper's 512-d network.
+``evalstages`` a method's test evaluation on THUMOS-sized synthetic data (200 / 212 videos,
+          2048-d, real THUMOS14 lengths) split by stage (taltoolkit.evaluation.stages):
+          prediction, clustering-assisted testing, CAS to proposals, NMS, mAP and, with
+          ``--outputs``, the results JSON and plots; ``--weights`` or ``--train-epochs`` first.
+``sidebyside`` the library against the authors' public code (``--method case | acmnet |
+          actionformer``, ``--official PATH`` or CASE_OFFICIAL_DIR / ACMNET_OFFICIAL_DIR /
+          ACTIONFORMER_OFFICIAL_DIR) in one process: same weights, batches, test videos and
+          threads; training step and test evaluation timed alternately, mAPs side by side;
+          for ActionFormer also its compiled NMS against the library's. The public code is
+          imported from the checkout by tools/official_adapters.py, never copied here;
+          ``--official-site DIR`` (or TALTOOLKIT_OFFICIAL_SITE) supplies packages it needs
+          that the environment lacks (pandas). docs/benchmarks.md has the figures.
 """
 from __future__ import annotations
 
@@ -484,6 +496,7 @@ def bench_evalstages(args: argparse.Namespace) -> dict:
     cfg, trainer, parts = build_library(args)
     built = time.perf_counter() - t0
     how = prepare_weights(args, trainer, parts)
+    parts.method.to(trainer.device)
     print(f"{args.method}: {len(parts.train.videos)} training / {len(parts.test_videos)} test videos, "
           f"{args.feature_dim}-d, built in {built:.0f} s; {how}; {torch.get_num_threads()} torch threads, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
