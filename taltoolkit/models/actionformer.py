@@ -397,7 +397,9 @@ class ActionFormer(nn.Module):
         if pad:
             features = F.pad(features, (0, 0, 0, pad))
             mask = F.pad(mask, (0, pad), value=False)
-        x = features.transpose(1, 2) * mask[:, None].to(features.dtype)  # (B, D, T)
+        # Contiguous (B, D, T): the first convolution (the widest input) runs faster on it
+        # than on the transposed view, with the same result.
+        x = (features.transpose(1, 2) * mask[:, None].to(features.dtype)).contiguous()  # (B, D, T)
         m = mask
         for conv, norm in zip(self.embed, self.embed_norm):
             x, m = conv(x, m)
