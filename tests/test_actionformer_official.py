@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import sys
 import types
 from pathlib import Path
@@ -35,6 +34,9 @@ from omegaconf import OmegaConf
 
 from taltoolkit.methods.actionformer import ActionFormerMethod
 from taltoolkit.models.actionformer import ActionFormer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from official_adapters import copy_into_official  # noqa: E402  # the library -> public name table
 
 OFFICIAL = os.environ.get("ACTIONFORMER_OFFICIAL_DIR")
 pytestmark = pytest.mark.skipif(not OFFICIAL, reason="set ACTIONFORMER_OFFICIAL_DIR to a checkout of "
@@ -84,51 +86,6 @@ def official() -> types.SimpleNamespace:
         for k in [k for k in sys.modules if k == "libs" or k.startswith("libs.")]:
             del sys.modules[k]
         sys.modules.update(before)
-
-
-# Library parameter name -> public parameter name (the public PtTransformer's attributes).
-_RENAMES = [
-    (r"^embed\.(\d+)\.conv\.", r"backbone.embd.\1.conv."),
-    (r"^embed_norm\.", "backbone.embd_norm."),
-    (r"^(stem|branch)\.", r"backbone.\1."),
-    (r"\.attn\.q_conv\.", ".attn.query_conv."), (r"\.attn\.k_conv\.", ".attn.key_conv."),
-    (r"\.attn\.v_conv\.", ".attn.value_conv."),
-    (r"\.attn\.q_norm\.", ".attn.query_norm."), (r"\.attn\.k_norm\.", ".attn.key_norm."),
-    (r"\.attn\.v_norm\.", ".attn.value_norm."),
-    (r"\.attn\.q\.", ".attn.query."), (r"\.attn\.k\.", ".attn.key."), (r"\.attn\.v\.", ".attn.value."),
-    (r"\.scale_attn\.scale$", ".drop_path_attn.scale"), (r"\.scale_mlp\.scale$", ".drop_path_mlp.scale"),
-    (r"^neck_norm\.", "neck.fpn_norms."),
-    (r"^lateral\.", "neck.lateral_convs."), (r"^fpn_out\.", "neck.fpn_convs."),
-    (r"^(cls_head|reg_head)\.trunk\.", r"\1.head."), (r"^(cls_head|reg_head)\.norms\.", r"\1.norm."),
-    (r"^cls_head\.finals\.0\.", "cls_head.cls_head."), (r"^reg_head\.finals\.0\.", "reg_head.offset_head."),
-]
-
-
-def official_name(name: str) -> str:
-    for pat, rep in _RENAMES:
-        name = re.sub(pat, rep, name)
-    return name
-
-
-def copy_into_official(lib: ActionFormer, off: torch.nn.Module) -> dict[str, str]:
-    """Copy every library parameter into its public counterpart; returns public -> library names.
-    Fails when either side has a parameter the other lacks (the architectures must match)."""
-    off_params = dict(off.named_parameters())
-    mapping: dict[str, str] = {}
-    with torch.no_grad():
-        for name, p in lib.named_parameters():
-            if name == "scales":  # one learnable scalar per level (the public Scale modules)
-                for lvl in range(p.shape[0]):
-                    off_params[f"reg_head.scale.{lvl}.scale"].copy_(p[lvl])
-                    mapping[f"reg_head.scale.{lvl}.scale"] = name
-                continue
-            target = official_name(name)
-            assert target in off_params, f"library parameter {name} has no public counterpart {target}"
-            assert off_params[target].numel() == p.numel(), (name, tuple(p.shape), tuple(off_params[target].shape))
-            off_params[target].copy_(p.reshape(off_params[target].shape))
-            mapping[target] = name
-    assert set(mapping) == set(off_params), f"public parameters not covered: {sorted(set(off_params) - set(mapping))}"
-    return mapping
 
 
 def _models(official: types.SimpleNamespace, compose: Any, dataset: str, config: str, max_seq_len: int,

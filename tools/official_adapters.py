@@ -34,6 +34,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import sys
 import types
 from argparse import Namespace
@@ -324,8 +325,6 @@ class OfficialActionFormer:
             cfg["opt"].update(epochs=epochs, warmup_epochs=0)
             self.cfg = cfg
             net = modeling.make_meta_arch(cfg["model_name"], **m)
-            from test_actionformer_official import copy_into_official  # the parity test's name table
-
             copy_into_official(method.model, net)
             self.net = torch.nn.DataParallel(net)  # no CUDA: a pass-through wrapper, as the code runs it
             self.optimizer = utils.make_optimizer(self.net, cfg["opt"])
@@ -357,3 +356,48 @@ class OfficialActionFormer:
         """libs/utils/nms.py batched_nms (the compiled nms_1d_cpu kernels)."""
         with self.environment():
             return self.nms.batched_nms(segs, scores, labels, **kw)
+
+
+# Library parameter name -> public parameter name (the public PtTransformer's attributes).
+_RENAMES = [
+    (r"^embed\.(\d+)\.conv\.", r"backbone.embd.\1.conv."),
+    (r"^embed_norm\.", "backbone.embd_norm."),
+    (r"^(stem|branch)\.", r"backbone.\1."),
+    (r"\.attn\.q_conv\.", ".attn.query_conv."), (r"\.attn\.k_conv\.", ".attn.key_conv."),
+    (r"\.attn\.v_conv\.", ".attn.value_conv."),
+    (r"\.attn\.q_norm\.", ".attn.query_norm."), (r"\.attn\.k_norm\.", ".attn.key_norm."),
+    (r"\.attn\.v_norm\.", ".attn.value_norm."),
+    (r"\.attn\.q\.", ".attn.query."), (r"\.attn\.k\.", ".attn.key."), (r"\.attn\.v\.", ".attn.value."),
+    (r"\.scale_attn\.scale$", ".drop_path_attn.scale"), (r"\.scale_mlp\.scale$", ".drop_path_mlp.scale"),
+    (r"^neck_norm\.", "neck.fpn_norms."),
+    (r"^lateral\.", "neck.lateral_convs."), (r"^fpn_out\.", "neck.fpn_convs."),
+    (r"^(cls_head|reg_head)\.trunk\.", r"\1.head."), (r"^(cls_head|reg_head)\.norms\.", r"\1.norm."),
+    (r"^cls_head\.finals\.0\.", "cls_head.cls_head."), (r"^reg_head\.finals\.0\.", "reg_head.offset_head."),
+]
+
+
+def official_name(name: str) -> str:
+    for pat, rep in _RENAMES:
+        name = re.sub(pat, rep, name)
+    return name
+
+
+def copy_into_official(lib: torch.nn.Module, off: torch.nn.Module) -> dict[str, str]:
+    """Copy every library parameter into its public counterpart; returns public -> library names.
+    Fails when either side has a parameter the other lacks (the architectures must match)."""
+    off_params = dict(off.named_parameters())
+    mapping: dict[str, str] = {}
+    with torch.no_grad():
+        for name, p in lib.named_parameters():
+            if name == "scales":  # one learnable scalar per level (the public Scale modules)
+                for lvl in range(p.shape[0]):
+                    off_params[f"reg_head.scale.{lvl}.scale"].copy_(p[lvl])
+                    mapping[f"reg_head.scale.{lvl}.scale"] = name
+                continue
+            target = official_name(name)
+            assert target in off_params, f"library parameter {name} has no public counterpart {target}"
+            assert off_params[target].numel() == p.numel(), (name, tuple(p.shape), tuple(off_params[target].shape))
+            off_params[target].copy_(p.reshape(off_params[target].shape))
+            mapping[target] = name
+    assert set(mapping) == set(off_params), f"public parameters not covered: {sorted(set(off_params) - set(mapping))}"
+    return mapping
