@@ -28,6 +28,7 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -282,7 +283,6 @@ def test_soft_nms_matches_the_compiled_extension(multiclass, voting):
                               duration_thresh=0.0, nms_method="soft", iou_threshold=0.1, sigma=0.5,
                               min_score=0.001, max_seg_num=200, multiclass=multiclass, voting_thresh=voting)
     assert len(det) == len(exp_scores) == 200
-    np = pytest.importorskip("numpy")
     assert np.array_equal(det.labels, exp_labels.numpy())
     np.testing.assert_allclose(det.scores, exp_scores.numpy(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(det.segments, exp_segs.numpy(), rtol=1e-5, atol=1e-4)

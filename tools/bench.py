@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -477,7 +478,7 @@ def time_evaluation_stages(evaluator: Any, method: Any, out_dir: str | None = No
             with stage("results_writing"):
                 write_results_json(os.path.join(out_dir, "predictions.json"), dets, classes or evaluator.classes)
             with stage("plots"):
-                write_plots(__import__("pathlib").Path(out_dir), evaluator.videos, outputs,
+                write_plots(Path(out_dir), evaluator.videos, outputs,
                             classes or evaluator.classes, num_plots)
     total = time.perf_counter() - t0
     seconds = {k: timer.seconds.get(k, 0.0) for k in STAGES}
@@ -591,9 +592,6 @@ def torch_tensor(x: Any) -> Any:
 def bench_sidebyside(args: argparse.Namespace) -> dict:
     """Library against the public code in one process: the same weights, batches, test videos
     and thread count; the two sides alternate ``--repeat`` times and the median is kept."""
-    import copy
-    from pathlib import Path
-
     import torch
 
     import official_adapters as oa

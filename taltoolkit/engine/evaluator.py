@@ -18,7 +18,7 @@ from taltoolkit import collectives
 from taltoolkit.engine.batching import move_batch
 from taltoolkit.engine.method import Method
 from taltoolkit.evaluation import detection_map
-from taltoolkit.evaluation.stages import stage
+from taltoolkit.evaluation.stages import stage, timed
 from taltoolkit.structures import Detections, Video
 
 log = logging.getLogger("taltoolkit")
@@ -98,11 +98,8 @@ class Evaluator:
             return {}, []
         return {v.name: d for v, (d, _) in zip(self.videos, pairs)}, [out for _, out in pairs]
 
+    @timed("proposals")
     def _postprocess(self, video: Video, out: dict[str, Any]) -> Detections:
-        with stage("proposals"):
-            return self._postprocess_video(video, out)
-
-    def _postprocess_video(self, video: Video, out: dict[str, Any]) -> Detections:
         extra: dict[str, Any] = {}
         if self._wants_video():
             # e.g. segment_postprocess with external_scores: per-video class scores by name

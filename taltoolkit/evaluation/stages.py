@@ -16,11 +16,14 @@ recording at a time, from the thread that evaluates.
 """
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
-__all__ = ["StageTimer", "record_stages", "stage", "STAGES"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+__all__ = ["StageTimer", "record_stages", "stage", "timed", "STAGES"]
 
 # Names the library's evaluation path uses, in pipeline order (tools/bench.py prints them so).
 STAGES = ("prediction", "clustering_assisted", "proposals", "nms", "mAP", "results_writing", "plots")
@@ -77,3 +80,17 @@ def stage(name: str):  # noqa: ANN201 - a context manager
     is active, and does nothing otherwise."""
     timer = _ACTIVE
     return _nothing() if timer is None else timer.stage(name)
+
+
+def timed(name: str) -> Callable[[F], F]:
+    """Decorator: every call of the function is stage ``name`` (see :func:`stage`)."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            with stage(name):
+                return fn(*args, **kwargs)
+
+        return inner  # type: ignore[return-value]
+
+    return wrap

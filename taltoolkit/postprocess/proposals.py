@@ -32,7 +32,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from taltoolkit.evaluation.stages import stage
+from taltoolkit.evaluation.stages import stage, timed
 from taltoolkit.registry import register
 from taltoolkit.structures import Detections
 
@@ -132,19 +132,12 @@ def upgrade_resolution(x: np.ndarray, scale: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- NMS glue
 
 
+@timed("nms")
 def _nms_select(
     segs: np.ndarray, scores: np.ndarray, labels: np.ndarray, nms: str, iou_threshold: float,
     sigma: float = 0.5, min_score: Optional[float] = None, method: str = "gaussian",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-label NMS on numpy arrays -> (kept indices, their scores) by decreasing score."""
-    with stage("nms"):
-        return _nms_select_untimed(segs, scores, labels, nms, iou_threshold, sigma, min_score, method)
-
-
-def _nms_select_untimed(
-    segs: np.ndarray, scores: np.ndarray, labels: np.ndarray, nms: str, iou_threshold: float,
-    sigma: float, min_score: Optional[float], method: str,
-) -> tuple[np.ndarray, np.ndarray]:
     if nms == "none" or len(scores) == 0:
         order = np.lexsort((np.arange(len(scores)), -scores))
         return order, scores[order]
