@@ -23,7 +23,7 @@ from taltoolkit.data.sampling import VariableLengthDataset, crop_window
 from taltoolkit.engine.method import Stage
 from taltoolkit.engine.trainer import Trainer
 from taltoolkit.methods.actionformer import ActionFormerMethod
-from taltoolkit.models.actionformer import ActionFormer, TransformerBlock, local_attention, sinusoid_encoding
+from taltoolkit.models.actionformer import ActionFormer, ChannelNorm, TransformerBlock, local_attention, sinusoid_encoding
 from taltoolkit.structures import Video
 
 RANGES = [(0.0, 2.0), (2.0, 4.0), (4.0, 1000.0)]
@@ -480,3 +480,20 @@ def test_heads_read_the_neck_norm_bias_at_padded_steps():
     out = m(torch.randn(1, 37, 16), torch.ones(1, 37, dtype=torch.bool))
     assert torch.allclose(seen[0][0, :, 37:], torch.full_like(seen[0][0, :, 37:], 0.5))
     assert out["features"][0][0, 37:].abs().sum() == 0  # the returned features stay masked
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_channel_norm_is_layer_norm_over_channels(affine):
+    # ChannelNorm computes along the channel axis of (B, C, T) by hand; torch's LayerNorm on
+    # the transposed tensor is the reference (float64, so only the formula can differ).
+    torch.manual_seed(0)
+    norm = ChannelNorm(6, elementwise_affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-1, 1)
+    x = torch.randn(3, 6, 11, dtype=torch.float64) * 4 + 2
+    want = torch.nn.functional.layer_norm(x.transpose(1, 2), (6,), norm.weight, norm.bias, norm.eps).transpose(1, 2)
+    got = norm(x)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous()
