@@ -37,7 +37,7 @@ def test_method_trains_on_cuda_like_on_cpu(compose, tiny_overrides, name, tmp_pa
         # Pseudo-labels are thresholded, so a score that float rounding moves across tau_pos
         # changes the semi stage's targets: on an H200 one candidate of 2858 and 0.2 % of the
         # semi loss. Stages trained on given labels only must agree to 1e-3.
-        rel = 1e-2 if a.get("stage") == "semi" else 1e-3
+        rel = 1e-2 if str(a.get("stage", "")).startswith("semi") else 1e-3  # semi, or semi1, semi2, ... with rounds > 1
         assert b["loss"] == pytest.approx(a["loss"], rel=rel), (a, b)
 
 
