@@ -400,6 +400,30 @@ def test_fig3c_icd_points_and_ignore_regions_on_constructed_predictions():
     assert m.make_pseudo_labels(unl, [], _stub_context(unl, ref))[1] == {}
 
 
+def test_pseudo_label_oracles_keep_the_correct_selection_or_the_hidden_labels():
+    unl, ref = _apl_videos()
+    plain = _tiny_apl(selection="fixed").make_pseudo_labels(unl, [], _stub_context(unl, ref))
+    # fixed 0.3 selects 0.9 (hit), 0.5 (hit) and 0.35 (class 0 on the class-2 instance) in "a"
+    assert sorted(plain[0]["a"][0]) == [[10.0, 20.0], [40.0, 50.0], [70.0, 80.0]] and "oracle" not in plain[2]
+    m = _tiny_apl(selection="fixed", ignore_uncertain=True, pseudo_label_oracle="correct")
+    pseudo, ignore, metrics = m.make_pseudo_labels(unl, [], _stub_context(unl, ref))
+    assert sorted(zip(map(tuple, pseudo["a"][0]), pseudo["a"][1])) == [((10.0, 20.0), 0), ((40.0, 50.0), 1)]
+    assert pseudo["b"] == ([], [])
+    assert metrics["oracle"]["mode"] == "correct" and metrics["oracle"]["pos_acc"] == 1.0
+    assert metrics["oracle"]["recall"] == pytest.approx(2 / 5)
+    assert ignore["a"] == [[85.0, 95.0]] and len(ignore["b"]) == 3  # the selection's ignore regions, unchanged
+    assert metrics["fig3c"]["fixed"]["count"] == 3  # the diagnostics still describe the teacher's selection
+    m.pseudo_label_oracle = "truth"
+    pseudo, ignore, metrics = m.make_pseudo_labels(unl, [], _stub_context(unl, ref))
+    assert pseudo["a"] == ([[10.0, 20.0], [40.0, 50.0], [70.0, 80.0]], [0, 1, 2])
+    assert pseudo["b"] == ([[5.0, 15.0], [30.0, 40.0]], [0, 1])
+    assert ignore == {} and metrics["oracle"]["recall"] == 1.0 and metrics["oracle"]["num_pseudo"] == 5
+    with pytest.raises(RuntimeError, match="pseudo_label_oracle=truth.*hidden labels"):
+        m.make_pseudo_labels(unl, [], _stub_context(unl, {"a": ref["a"]}))
+    with pytest.raises(ValueError, match="pseudo_label_oracle"):
+        _tiny_apl(pseudo_label_oracle="gt")
+
+
 def test_ignore_region_removes_only_the_classification_loss_of_unselected_points():
     m = _tiny_apl(beta=2.0, ignore_uncertain=True)
     torch.manual_seed(1)

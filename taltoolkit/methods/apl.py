@@ -67,6 +67,7 @@ from taltoolkit.pseudo.apl import (
     icd_similarity,
     instance_features,
     joint_score,
+    positive_pseudo_labels,
     pseudo_label_quality,
 )
 from taltoolkit.registry import register
@@ -75,6 +76,7 @@ from taltoolkit.structures import Video
 log = logging.getLogger("taltoolkit")
 
 SELECTIONS = ("adaptive", "fixed")
+ORACLES = ("correct", "truth")  # diagnostic pseudo-label oracles (method.pseudo_label_oracle)
 
 
 @register("method", "apl")
@@ -149,6 +151,11 @@ class APL(ActionFormerMethod):
         pseudo_sigma: float = 0.5,
         pseudo_min_score: float = 0.001,
         pseudo_max_seg_num: int = 200,
+        # Diagnostic only, never a result: "correct" trains on the selected pseudo-labels that
+        # hit a hidden instance (precision 1 at the selection's recall), "truth" on the hidden
+        # instances themselves (precision and recall 1). Separates the teacher's precision from
+        # its recall as the cause of a (missing) semi-supervised gain.
+        pseudo_label_oracle: str | None = None,
         labelled_fraction: float = 0.2,  # the semi split's default (Sec. 4: 10 / 20 / 40 / 60 %); labelled_fraction=F wins
     ) -> None:
         super().__init__(model, center_radius, loss_weight, focal_alpha, focal_gamma, label_smoothing,
@@ -167,6 +174,9 @@ class APL(ActionFormerMethod):
             raise ValueError(f"method.tau_pos_scope={tau_pos_scope!r}; choose one of {TAU_POS_SCOPES}")
         if tau_pos_min_count < 1:
             raise ValueError(f"method.tau_pos_min_count={tau_pos_min_count} must be >= 1")
+        if pseudo_label_oracle is not None and pseudo_label_oracle not in ORACLES:
+            raise ValueError(f"method.pseudo_label_oracle={pseudo_label_oracle!r}; choose null (APL), "
+                             f"correct or truth (diagnostics that read the hidden labels)")
         if alqa_alpha is not None and not 0 <= alqa_alpha <= 1:
             raise ValueError(f"method.alqa_alpha={alqa_alpha} must be null (QFL) or in [0, 1]")
         self.use_alqa, self.lambda_locq, self.joint_eps, self.qfl_beta = use_alqa, lambda_locq, joint_eps, qfl_beta
@@ -174,6 +184,7 @@ class APL(ActionFormerMethod):
         self.alqa_alpha = alqa_alpha
         self.tau_pos_scope, self.tau_pos_min_count, self.tau_pos_fallback = tau_pos_scope, tau_pos_min_count, tau_pos_fallback
         self.ignore_uncertain = ignore_uncertain
+        self.pseudo_label_oracle = pseudo_label_oracle
         self.ema_reset, self.ema_bias_correction = ema_reset, ema_bias_correction
         self._ema_steps = 0  # optimizer steps the EMA has averaged since it was (re)started
         self.use_icd, self.use_eap, self.use_mpp = use_icd, use_eap, use_mpp
@@ -364,6 +375,8 @@ class APL(ActionFormerMethod):
             "num_uncertain": int(uncertain.sum()), "num_ignored": int(sum(len(s) for s in ignore.values())),
             "num_above_tau_neg": a_info["num_above_tau_neg"], "tau_pos_fallback": a_info["tau_pos_fallback"],
         }
+        if self.pseudo_label_oracle is not None:
+            pseudo, ignore, metrics["oracle"] = self._apply_oracle(pseudo, ignore, unlabelled, context)
         if self.tau_pos_scope == "video":
             metrics["videos_tau_pos_fallback"] = a_info["videos_fallback"]
             metrics["tau_pos_video_mean"] = float(a_taus.mean()) if a_taus.size else float("nan")
@@ -403,6 +416,30 @@ class APL(ActionFormerMethod):
             metrics["fig3c"] = fig
         log.info("APL pseudo-labels: %s", {k: v for k, v in metrics.items()})
         return pseudo, ignore, metrics
+
+    def _apply_oracle(self, pseudo: dict[str, tuple[list, list]], ignore: dict[str, list], unlabelled: list[Video],
+                      context: StageContext) -> tuple[dict[str, tuple[list, list]], dict[str, list], dict[str, Any]]:
+        """``pseudo_label_oracle``: replace the selection by its correct part or by the hidden labels."""
+        missing = [v.name for v in unlabelled if v.name not in context.reference_videos]
+        if missing:
+            raise RuntimeError(f"method.pseudo_label_oracle={self.pseudo_label_oracle} reads the hidden labels of the "
+                               f"unlabelled videos, but {len(missing)} have none (e.g. {missing[0]}); "
+                               "set method.pseudo_label_oracle=null")
+        out: dict[str, tuple[list, list]] = {}
+        for v in unlabelled:
+            ref = context.reference_videos[v.name]
+            if self.pseudo_label_oracle == "truth":
+                out[v.name] = (np.asarray(ref.segments, np.float64).reshape(-1, 2).tolist(),
+                               np.asarray(ref.labels, np.int64).reshape(-1).tolist())
+            else:
+                segs, labels = pseudo.get(v.name, ([], []))
+                hit = positive_pseudo_labels(np.asarray(segs), np.asarray(labels), ref.segments, ref.labels)
+                out[v.name] = ([s for s, h in zip(segs, hit) if h], [c for c, h in zip(labels, hit) if h])
+        if self.pseudo_label_oracle == "truth":
+            ignore = {}  # every hidden instance is a label: nothing is uncertain
+        truth = [(context.reference_videos[v.name].segments, context.reference_videos[v.name].labels) for v in unlabelled]
+        quality = pseudo_label_quality([(np.asarray(out[v.name][0]), np.asarray(out[v.name][1])) for v in unlabelled], truth)
+        return out, ignore, {"mode": self.pseudo_label_oracle, **quality}
 
     def _icd_scores(self, unlabelled: list[Video], dets: list, labelled: list[Video], device: torch.device) -> np.ndarray:
         """Eq. 10 for every post-NMS prediction, against every labelled instance of its class."""

@@ -202,6 +202,22 @@ def _tiou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def _positive_pairs(iou: np.ndarray, pl: np.ndarray, gl: np.ndarray, tiou_positive: float) -> np.ndarray:
+    """(N, M) bool: pseudo-label n and ground-truth instance m share the class at tIoU > tiou_positive."""
+    return (iou > tiou_positive) & (pl[:, None] == gl[None, :])
+
+
+def positive_pseudo_labels(segments: np.ndarray, labels: np.ndarray, truth_segments: np.ndarray,
+                           truth_labels: np.ndarray, tiou_positive: float = 0.5) -> np.ndarray:
+    """(N,) bool: which of one video's pseudo-labels are positives (the paper's Pos Acc: a
+    ground-truth instance of the same class at tIoU > ``tiou_positive``)."""
+    ps, pl = np.asarray(segments, np.float64).reshape(-1, 2), np.asarray(labels, np.int64).reshape(-1)
+    gs, gl = np.asarray(truth_segments, np.float64).reshape(-1, 2), np.asarray(truth_labels, np.int64).reshape(-1)
+    if len(pl) == 0 or len(gl) == 0:
+        return np.zeros(len(pl), bool)
+    return _positive_pairs(_tiou(ps, gs), pl, gl, tiou_positive).any(1)
+
+
 def pseudo_label_quality(pseudo: Sequence[tuple[np.ndarray, np.ndarray]],
                          truth: Sequence[tuple[np.ndarray, np.ndarray]], tiou_positive: float = 0.5) -> dict[str, float]:
     """Fig. 3(c) over videos: each item is (segments (N, 2) seconds, labels (N,)).
@@ -230,7 +246,7 @@ def pseudo_label_quality(pseudo: Sequence[tuple[np.ndarray, np.ndarray]],
         best = iou.argmax(1)
         tious.extend(iou.max(1).tolist())
         correct_cls += int((gl[best] == pl).sum())
-        hit = (iou > tiou_positive) & (pl[:, None] == gl[None, :])
+        hit = _positive_pairs(iou, pl, gl, tiou_positive)
         positives += int(hit.any(1).sum())
         gt_found += int(hit.any(0).sum())
     return {
