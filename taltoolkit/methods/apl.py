@@ -79,6 +79,15 @@ SELECTIONS = ("adaptive", "fixed")
 ORACLES = ("correct", "truth")  # diagnostic pseudo-label oracles (method.pseudo_label_oracle)
 
 
+def _hidden_truth(unlabelled: list[Video], context: StageContext) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(segments (N, 2) seconds, labels (N,)) of each unlabelled video's hidden instances; none when unknown."""
+    truth = []
+    for v in unlabelled:
+        ref = context.reference_videos.get(v.name)
+        truth.append((ref.segments, ref.labels) if ref is not None else (np.zeros((0, 2)), np.zeros(0)))
+    return truth
+
+
 @register("method", "apl")
 class APL(ActionFormerMethod):
     """APL: ALQA joint scores, adaptive selection, ICD refinement and ACP pre-training on ActionFormer."""
@@ -368,6 +377,9 @@ class APL(ActionFormerMethod):
             unsure = uncertain[bounds[i]:bounds[i + 1]]
             if self.ignore_uncertain and unsure.any():
                 ignore[v.name] = d.segments[unsure].tolist()
+        oracle: dict[str, Any] | None = None
+        if self.pseudo_label_oracle is not None:  # before the counts, so num_ignored is what trains
+            pseudo, ignore, oracle = self._apply_oracle(pseudo, ignore, unlabelled, context)
         metrics: dict[str, Any] = {
             "tau_pos": tau_pos, "num_candidates_nms": int(scores.size), "num_positive": int(pos.sum()),
             "num_candidate": int(cand.sum()), "num_final": int(final.sum()),
@@ -375,8 +387,8 @@ class APL(ActionFormerMethod):
             "num_uncertain": int(uncertain.sum()), "num_ignored": int(sum(len(s) for s in ignore.values())),
             "num_above_tau_neg": a_info["num_above_tau_neg"], "tau_pos_fallback": a_info["tau_pos_fallback"],
         }
-        if self.pseudo_label_oracle is not None:
-            pseudo, ignore, metrics["oracle"] = self._apply_oracle(pseudo, ignore, unlabelled, context)
+        if oracle is not None:
+            metrics["oracle"] = oracle
         if self.tau_pos_scope == "video":
             metrics["videos_tau_pos_fallback"] = a_info["videos_fallback"]
             metrics["tau_pos_video_mean"] = float(a_taus.mean()) if a_taus.size else float("nan")
@@ -384,10 +396,7 @@ class APL(ActionFormerMethod):
             metrics["ema_steps"] = self._ema_steps  # steps the pseudo-labelling EMA averages
             metrics["ema_restart_weight"] = self.ema_restart_weight()
         if context.reference_videos:
-            truth = []
-            for v in unlabelled:
-                ref = context.reference_videos.get(v.name)
-                truth.append((ref.segments, ref.labels) if ref is not None else (np.zeros((0, 2)), np.zeros(0)))
+            truth = _hidden_truth(unlabelled, context)
 
             def quality(mask: np.ndarray) -> dict[str, float]:
                 sel = [(d.segments[mask[bounds[i]:bounds[i + 1]]], d.labels[mask[bounds[i]:bounds[i + 1]]])
@@ -425,19 +434,17 @@ class APL(ActionFormerMethod):
             raise RuntimeError(f"method.pseudo_label_oracle={self.pseudo_label_oracle} reads the hidden labels of the "
                                f"unlabelled videos, but {len(missing)} have none (e.g. {missing[0]}); "
                                "set method.pseudo_label_oracle=null")
+        truth = _hidden_truth(unlabelled, context)
         out: dict[str, tuple[list, list]] = {}
-        for v in unlabelled:
-            ref = context.reference_videos[v.name]
-            if self.pseudo_label_oracle == "truth":
-                out[v.name] = (np.asarray(ref.segments, np.float64).reshape(-1, 2).tolist(),
-                               np.asarray(ref.labels, np.int64).reshape(-1).tolist())
-            else:
-                segs, labels = pseudo.get(v.name, ([], []))
-                hit = positive_pseudo_labels(np.asarray(segs), np.asarray(labels), ref.segments, ref.labels)
-                out[v.name] = ([s for s, h in zip(segs, hit) if h], [c for c, h in zip(labels, hit) if h])
         if self.pseudo_label_oracle == "truth":
+            for v, (gs, gl) in zip(unlabelled, truth):
+                out[v.name] = (np.asarray(gs, np.float64).reshape(-1, 2).tolist(), np.asarray(gl, np.int64).reshape(-1).tolist())
             ignore = {}  # every hidden instance is a label: nothing is uncertain
-        truth = [(context.reference_videos[v.name].segments, context.reference_videos[v.name].labels) for v in unlabelled]
+        else:
+            for v, (gs, gl) in zip(unlabelled, truth):
+                segs, labels = pseudo.get(v.name, ([], []))
+                hit = positive_pseudo_labels(np.asarray(segs), np.asarray(labels), gs, gl)
+                out[v.name] = ([s for s, h in zip(segs, hit) if h], [c for c, h in zip(labels, hit) if h])
         quality = pseudo_label_quality([(np.asarray(out[v.name][0]), np.asarray(out[v.name][1])) for v in unlabelled], truth)
         return out, ignore, {"mode": self.pseudo_label_oracle, **quality}
 
